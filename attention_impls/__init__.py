@@ -1,0 +1,28 @@
+"""Dense, sliding-window and LongNet dilated attention, several backends each, one float64 reference.
+
+    attn = attention_impls.build("dilated", segment_lengths=[2048, 4096], dilation_rates=[1, 2])
+    out = attn(q, k, v, causal=True)       # q, k, v: (batch, seq, heads, head_dim)
+    attn.backend                            # which backend ran
+    attention_impls.backends("dilated")     # every backend, whether it runs here, and why not
+"""
+
+from .module import MultiheadAttention
+from .params import MECHANISMS, DenseParams, DilatedParams, SlidingWindowParams, make_params
+from .patterns import useful_flops, useful_pairs
+from .registry import Attention, AttentionBackend, BackendInfo, backends, build
+
+__all__ = [
+    "MECHANISMS",
+    "Attention",
+    "AttentionBackend",
+    "BackendInfo",
+    "DenseParams",
+    "DilatedParams",
+    "MultiheadAttention",
+    "SlidingWindowParams",
+    "backends",
+    "build",
+    "make_params",
+    "useful_flops",
+    "useful_pairs",
+]

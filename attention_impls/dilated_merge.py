@@ -1,0 +1,134 @@
+"""LongNet dilated attention as gathered branches merged by log-sum-exp, exact under autograd.
+
+For branch (segment w, rate r) and head offset o, the taking-part positions of each segment are a strided
+slice: segment s, positions s*w + o, s*w + o + r, ... and heads o, o + r, ... So a branch "piece" is a strided
+view of (batch, seq, heads, head_dim). Full segments are batched in one kernel call; the short last segment
+(if any) is its own call, so no padding exists and none needs masking.
+
+Forward merges pieces online, in place, into one float32 accumulator: (out, lse) <- logaddexp-merge. Backward
+calls each piece's kernel backward with the *merged* (out, lse) gathered to that piece (see kernels.py), and
+scatter-adds dq, dk, dv. Nothing of size (N x branches) is ever held.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .kernels import LseKernel, default_scale
+from .params import DilatedParams
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Segments [start, start + num_segments * length), rows offset::rate of each, heads offset::rate."""
+
+    start: int
+    num_segments: int
+    length: int
+    offset: int
+    rate: int
+
+    def view(self, x_BNHD: torch.Tensor) -> torch.Tensor:
+        """Strided view (B, num_segments, m, Hs, D) of a contiguous (B, N, H, D) tensor."""
+        b, _, h, d = x_BNHD.shape
+        span = x_BNHD[:, self.start : self.start + self.num_segments * self.length]
+        return span.view(b, self.num_segments, self.length, h, d)[:, :, self.offset :: self.rate,
+                                                                   self.offset :: self.rate]
+
+    def lse_view(self, lse_BHN: torch.Tensor) -> torch.Tensor:
+        """Strided view (B, Hs, num_segments, m) of a contiguous (B, H, N) tensor."""
+        b, h, _ = lse_BHN.shape
+        span = lse_BHN[:, self.offset :: self.rate, self.start : self.start + self.num_segments * self.length]
+        return span.unflatten(2, (self.num_segments, self.length))[..., self.offset :: self.rate]
+
+    def gather(self, x_BNHD: torch.Tensor) -> torch.Tensor:
+        """(B * num_segments, m, Hs, D) contiguous copy: one kernel batch entry per segment."""
+        piece = self.view(x_BNHD)
+        return piece.reshape(-1, *piece.shape[2:])
+
+    def gather_lse(self, lse_BHN: torch.Tensor) -> torch.Tensor:
+        piece = self.lse_view(lse_BHN)  # (B, Hs, S, m)
+        return piece.transpose(1, 2).reshape(-1, piece.shape[1], piece.shape[3])  # (B * S, Hs, m)
+
+    def unbatch(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        """(B * S, m, Hs, D) -> (B, S, m, Hs, D), matching `view`."""
+        return x.reshape(batch, self.num_segments, *x.shape[1:])
+
+    def unbatch_lse(self, lse: torch.Tensor, batch: int) -> torch.Tensor:
+        """(B * S, Hs, m) -> (B, Hs, S, m), matching `lse_view`."""
+        return lse.reshape(batch, self.num_segments, *lse.shape[1:]).transpose(1, 2)
+
+
+def plan(params: DilatedParams, seq_len: int, num_heads: int) -> list[Piece]:
+    pieces = []
+    for segment, rate in params.branches(seq_len):
+        full_segments, tail = divmod(seq_len, segment)
+        for offset in range(min(rate, num_heads)):
+            if full_segments:
+                pieces.append(Piece(0, full_segments, segment, offset, rate))
+            if tail > offset:
+                pieces.append(Piece(full_segments * segment, 1, tail, offset, rate))
+    return pieces
+
+
+def _merge_into(out_acc: torch.Tensor, lse_acc: torch.Tensor, out_part: torch.Tensor, lse_part: torch.Tensor):
+    """In place on strided views: (out, lse) <- the log-sum-exp merge of (out, lse) and (out_part, lse_part)."""
+    lse_new = torch.logaddexp(lse_acc, lse_part)
+    # Views are (B, S, m, Hs, D) for outputs and (B, Hs, S, m) for lse: move lse's heads next to D.
+    keep = torch.exp(lse_acc - lse_new).permute(0, 2, 3, 1)[..., None]
+    take = torch.exp(lse_part - lse_new).permute(0, 2, 3, 1)[..., None]
+    out_acc.mul_(keep).add_(out_part * take)
+    lse_acc.copy_(lse_new)
+
+
+def dilated_forward(q, k, v, params: DilatedParams, kernel: LseKernel, causal: bool):
+    """Returns (out in q.dtype, lse (B, H, N) float32)."""
+    batch, seq_len, num_heads, head_dim = q.shape
+    scale = default_scale(head_dim, params.scale)
+    acc_dtype = torch.promote_types(q.dtype, torch.float32)
+    out_acc = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
+    lse_acc = torch.full((batch, num_heads, seq_len), float("-inf"), dtype=acc_dtype, device=q.device)
+    for piece in plan(params, seq_len, num_heads):
+        out_part, lse_part = kernel.forward(piece.gather(q), piece.gather(k), piece.gather(v), causal, scale)
+        _merge_into(piece.view(out_acc), piece.lse_view(lse_acc),
+                    piece.unbatch(out_part, batch), piece.unbatch_lse(lse_part.to(acc_dtype), batch))
+    return out_acc.to(q.dtype), lse_acc
+
+
+def dilated_backward(grad_out, q, k, v, out, lse, params: DilatedParams, kernel: LseKernel, causal: bool):
+    batch, seq_len, num_heads, head_dim = q.shape
+    scale = default_scale(head_dim, params.scale)
+    acc_dtype = torch.promote_types(q.dtype, torch.float32)
+    grads = [torch.zeros(q.shape, dtype=acc_dtype, device=q.device) for _ in range(3)]
+    lse_kernel = lse if q.dtype == torch.float64 else lse.float()
+    for piece in plan(params, seq_len, num_heads):
+        piece_grads = kernel.backward(
+            piece.gather(grad_out), piece.gather(q), piece.gather(k), piece.gather(v), piece.gather(out),
+            piece.gather_lse(lse_kernel), causal, scale,
+        )
+        for total, part in zip(grads, piece_grads):
+            piece.view(total).add_(piece.unbatch(part, batch))
+    return tuple(g.to(q.dtype) for g in grads)
+
+
+class DilatedAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, params: DilatedParams, kernel: LseKernel, causal: bool):
+        q, k, v = (t.contiguous() for t in (q, k, v))
+        out, lse = dilated_forward(q, k, v, params, kernel, causal)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.params, ctx.kernel, ctx.causal = params, kernel, causal
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = dilated_backward(grad_out.contiguous(), q, k, v, out, lse, ctx.params, ctx.kernel, ctx.causal)
+        return dq, dk, dv, None, None, None
+
+
+def dilated_attention(q, k, v, params: DilatedParams, kernel: LseKernel, causal: bool) -> torch.Tensor:
+    return DilatedAttentionFunction.apply(q, k, v, params, kernel, causal)

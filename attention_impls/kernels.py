@@ -1,0 +1,121 @@
+"""Attention kernels that return log-sum-exp, and whose backward takes an externally supplied (out, lse).
+
+Taking (out, lse) from outside is what makes a merge of several partial attentions exact under autograd:
+if out and lse are those of the *merged* attention, each part's backward computes exactly its share of the
+merged gradient (P = exp(s - lse_merged), Delta = rowsum(dout * out_merged)), mixture weights included. This
+is the same identity flash-attention's ring and split-KV backward passes use.
+
+Layout: q, k, v, out are (batch, seq, heads, head_dim); lse is (batch, heads, seq) in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+
+
+class LseKernel(Protocol):
+    name: str
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def backward(
+        self,
+        grad_out: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        out: torch.Tensor,
+        lse: torch.Tensor,
+        causal: bool,
+        scale: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+def default_scale(head_dim: int, scale: float | None) -> float:
+    return 1.0 / math.sqrt(head_dim) if scale is None else scale
+
+
+class CpuFlashKernel:
+    """torch's fused flash-attention kernel for CPU, which returns log-sum-exp (fp32/fp64/bf16/fp16)."""
+
+    name = "cpu_flash"
+
+    def forward(self, q, k, v, causal, scale):
+        out_BHLD, lse_BHL = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 0.0, causal, scale=scale
+        )
+        return out_BHLD.transpose(1, 2), lse_BHL
+
+    def backward(self, grad_out, q, k, v, out, lse, causal, scale):
+        grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad_out.transpose(1, 2), q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            out.transpose(1, 2), lse, 0.0, causal, scale=scale,
+        )
+        return tuple(g.transpose(1, 2) for g in grads)
+
+
+class MathKernel:
+    """Plain PyTorch, any device and dtype; scores materialised per call, accumulated in float32 or better."""
+
+    name = "math"
+
+    @staticmethod
+    def _scores(q, k, causal, scale):
+        compute = torch.promote_types(q.dtype, torch.float32)
+        scores_BHLL = torch.einsum("blhd,bmhd->bhlm", q.to(compute), k.to(compute)) * scale
+        if causal:
+            n = q.shape[1]
+            future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
+            scores_BHLL = scores_BHLL.masked_fill(future, float("-inf"))
+        return scores_BHLL
+
+    def forward(self, q, k, v, causal, scale):
+        scores = self._scores(q, k, causal, scale)
+        lse_BHL = torch.logsumexp(scores, dim=-1)
+        probs = torch.exp(scores - lse_BHL[..., None])
+        out = torch.einsum("bhlm,bmhd->blhd", probs, v.to(probs.dtype))
+        return out.to(q.dtype), lse_BHL.float() if q.dtype != torch.float64 else lse_BHL
+
+    def backward(self, grad_out, q, k, v, out, lse, causal, scale):
+        scores = self._scores(q, k, causal, scale)
+        compute = scores.dtype
+        probs = torch.exp(scores - lse.to(compute)[..., None])  # (B, H, L, L): the merged attention's weights
+        grad_out_c, v_c = grad_out.to(compute), v.to(compute)
+        grad_v = torch.einsum("bhlm,blhd->bmhd", probs, grad_out_c)
+        grad_probs = torch.einsum("blhd,bmhd->bhlm", grad_out_c, v_c)
+        delta_BHL = (grad_out_c * out.to(compute)).sum(-1).transpose(1, 2)
+        grad_scores = probs * (grad_probs - delta_BHL[..., None]) * scale
+        grad_q = torch.einsum("bhlm,bmhd->blhd", grad_scores, k.to(compute))
+        grad_k = torch.einsum("bhlm,blhd->bmhd", grad_scores, q.to(compute))
+        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype)
+
+
+class XformersKernel:
+    """xformers' memory-efficient partial attention (out, lse) and its backward (CUDA only)."""
+
+    name = "xformers"
+
+    @staticmethod
+    def _bias(causal):
+        from xformers.ops import fmha
+
+        return fmha.attn_bias.LowerTriangularMask() if causal else None
+
+    def forward(self, q, k, v, causal, scale):
+        from xformers.ops import fmha
+
+        out, lse = fmha.memory_efficient_attention_partial(q, k, v, attn_bias=self._bias(causal), scale=scale)
+        return out, lse[..., : q.shape[1]].float()
+
+    def backward(self, grad_out, q, k, v, out, lse, causal, scale):
+        from xformers.ops import fmha
+
+        return fmha.memory_efficient_attention_backward(
+            grad_out.contiguous(), out.contiguous(), lse.contiguous(), q, k, v,
+            attn_bias=self._bias(causal), scale=scale,
+        )

@@ -1,0 +1,44 @@
+"""Optional dependencies: imported where used; their absence is a reason string, never a crash (STYLE 10)."""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import warnings
+
+
+@functools.cache
+def xformers_unavailable_reason() -> str | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import xformers
+            import xformers.ops  # noqa: F401
+    except Exception as error:  # an ImportError, or a broken build raising anything at import
+        return (f"xformers is not importable ({type(error).__name__}: {error}); "
+                "install it with: pip install 'attention-shootout[xformers]'")
+    if not getattr(xformers, "_has_cpp_library", False):
+        from xformers import _cpp_lib
+
+        message = str(_cpp_lib._cpp_library_load_exception)
+        built = re.search(r"built for:\s*(.+?)\n", message)
+        detail = f"built for {built.group(1).strip()}" if built else message.splitlines()[0]
+        return f"xformers kernels did not load: {detail}"
+    return None
+
+
+@functools.cache
+def flex_unavailable_reason() -> str | None:
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError as error:
+        return f"FlexAttention needs torch >= 2.5 ({error})"
+    return None
+
+
+@functools.cache
+def cpu_compiler_missing() -> str | None:
+    if shutil.which("g++") or shutil.which("c++") or shutil.which("clang++"):
+        return None
+    return "FlexAttention on CPU is compiled by inductor, which needs a C++ compiler (apt-get install g++)"
