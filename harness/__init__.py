@@ -1,0 +1,1 @@
+"""The harness: benchmark runner, retrieval evaluation, reporting; configured by Hydra from conf/."""

@@ -1,0 +1,126 @@
+"""The tidy results store: one row per measurement, under results/<experiment>/.
+
+Each job appends to its own part file, `parts/<job_id>.parquet` (and a .csv twin for humans), so many jobs
+(Hydra multirun, submitit, torchrun ranks) write to one store without clobbering each other. Every write goes
+to a temporary file in the same folder and is moved into place with os.replace, so a run killed at any moment
+leaves every file readable: the previous complete version or the new one, never half of one.
+`consolidate()` merges the parts into results.parquet / results.csv.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+# Columns every row has, whatever produced it; producers add their own (see README "Output columns").
+BASE_COLUMNS = ("experiment", "kind", "status", "reason", "config_hash", "job_id", "timestamp")
+STATUSES = ("ok", "wrong", "oom", "timeout", "unsupported", "nan", "error", "skipped")
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Stable short hash of a point's identifying config (key order does not matter)."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """Atomically write `frame` as Parquet or CSV, by the path's suffix."""
+    if path.suffix == ".parquet":
+        _atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    else:
+        _atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def default_job_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{socket.gethostname()}-{os.getpid()}"
+
+
+class ResultsStore:
+    def __init__(self, root: str | os.PathLike, experiment: str, job_id: str | None = None) -> None:
+        self.root = Path(root)
+        self.experiment = experiment
+        self.dir = self.root / experiment
+        self.job_id = job_id or default_job_id()
+        self._rows: list[dict[str, Any]] = []
+
+    @property
+    def part_path(self) -> Path:
+        return self.dir / "parts" / f"{self.job_id}.parquet"
+
+    def check_writable(self) -> None:
+        """Raise a clear error before any work if the store's folder cannot be written."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=self.dir, prefix=".write-probe-", delete=True)
+            probe.close()
+        except OSError as error:
+            raise PermissionError(f"results directory {self.dir} is not writable: {error}") from None
+
+    def append(self, rows: dict[str, Any] | Iterable[dict[str, Any]]) -> None:
+        """Add rows and rewrite this job's part files atomically (part files are small)."""
+        rows = [rows] if isinstance(rows, Mapping) else list(rows)
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        for row in rows:
+            full = {"experiment": self.experiment, "job_id": self.job_id, "timestamp": now, "reason": ""}
+            full.update(row)
+            missing = [c for c in ("kind", "status", "config_hash") if c not in full]
+            if missing:
+                raise ValueError(f"result row lacks {missing}: {sorted(full)}")
+            if full["status"] not in STATUSES:
+                raise ValueError(f"status={full['status']!r} is not one of {STATUSES}")
+            self._rows.append(full)
+        frame = _frame(self._rows)
+        write_table(frame, self.part_path)
+        write_table(frame, self.part_path.with_suffix(".csv"))
+
+    def read(self) -> pd.DataFrame:
+        """Every row of the experiment: all parts (the consolidated file is only a merged copy of them)."""
+        parts = sorted((self.dir / "parts").glob("*.parquet"))
+        frames = [pd.read_parquet(p) for p in parts]
+        if not frames:
+            return pd.DataFrame(columns=list(BASE_COLUMNS))
+        return pd.concat(frames, ignore_index=True, sort=False)
+
+    def done_hashes(self, statuses: tuple[str, ...] = ("ok", "wrong", "unsupported", "oom", "timeout", "nan")) -> set[str]:
+        """config_hash of points already recorded with a final status (resume skips these)."""
+        frame = self.read()
+        if frame.empty:
+            return set()
+        return set(frame.loc[frame["status"].isin(statuses), "config_hash"])
+
+    def consolidate(self) -> pd.DataFrame:
+        frame = self.read()
+        write_table(frame, self.dir / "results.parquet")
+        write_table(frame, self.dir / "results.csv")
+        return frame
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    # Parquet needs one type per column: nested values (lists, dicts) become JSON text.
+    for column in frame.columns:
+        if frame[column].map(lambda x: isinstance(x, (list, tuple, dict))).any():
+            frame[column] = frame[column].map(lambda x: json.dumps(x, default=str)
+                                              if isinstance(x, (list, tuple, dict)) else x)
+    return frame
