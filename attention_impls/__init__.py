@@ -10,6 +10,7 @@ from .module import MultiheadAttention
 from .params import MECHANISMS, DenseParams, DilatedParams, SlidingWindowParams, make_params
 from .patterns import useful_flops, useful_pairs
 from .registry import Attention, AttentionBackend, BackendInfo, backends, build
+from . import ops  # noqa: E402,F401  (importing registers every backend)
 
 __all__ = [
     "MECHANISMS",

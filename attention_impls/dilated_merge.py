@@ -66,7 +66,7 @@ def plan(params: DilatedParams, seq_len: int, num_heads: int) -> list[Piece]:
     for segment, rate in params.branches(seq_len):
         full_segments, tail = divmod(seq_len, segment)
         for offset in range(min(rate, num_heads)):
-            if full_segments:
+            if full_segments and offset < segment:
                 pieces.append(Piece(0, full_segments, segment, offset, rate))
             if tail > offset:
                 pieces.append(Piece(full_segments * segment, 1, tail, offset, rate))

@@ -265,11 +265,5 @@ def build(mechanism: str, backend: str | None = None, **params: Any) -> Attentio
     return Attention(mechanism, backend, make_params(mechanism, **params))
 
 
-_loaded = False
-
-
 def _load_backends() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from . import ops  # noqa: F401  (registers every backend)
+    from . import ops  # noqa: F401  (importing registers every backend; a no-op once imported)

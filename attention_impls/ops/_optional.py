@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import shutil
 import warnings
@@ -10,6 +11,10 @@ import warnings
 
 @functools.cache
 def xformers_unavailable_reason() -> str | None:
+    # xformers logs a multi-line warning when its kernels do not load; that becomes our reason string instead.
+    xformers_logger = logging.getLogger("xformers")
+    level = xformers_logger.level
+    xformers_logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -18,6 +23,8 @@ def xformers_unavailable_reason() -> str | None:
     except Exception as error:  # an ImportError, or a broken build raising anything at import
         return (f"xformers is not importable ({type(error).__name__}: {error}); "
                 "install it with: pip install 'attention-shootout[xformers]'")
+    finally:
+        xformers_logger.setLevel(level)
     if not getattr(xformers, "_has_cpp_library", False):
         from xformers import _cpp_lib
 

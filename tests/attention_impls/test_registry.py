@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+import attention_impls as ai
+from attention_impls.registry import PRIORITY, REGISTRY
+
+
+def test_backends_lists_every_backend_with_a_reason_when_unavailable():
+    rows = ai.backends()
+    assert {(r.mechanism, r.name) for r in rows} == {(m, n) for m in REGISTRY for n in REGISTRY[m]}
+    for row in rows:
+        assert row.available == (row.reason == ""), row
+    names = {r.name for r in ai.backends("dilated")}
+    assert names == {"gather", "flex", "xformers", "reference"}
+    with pytest.raises(ValueError, match="mechanism='dense2'"):
+        ai.backends("dense2")
+
+
+def test_xformers_unavailable_on_cpu_says_why():
+    rows = {(r.mechanism, r.name): r for r in ai.backends()}
+    row = rows[("dense", "xformers")]
+    assert row.devices == ("cuda",)
+    if not torch.cuda.is_available():
+        assert not row.available and ("xformers" in row.reason or "cuda" in row.reason)
+
+
+def test_auto_pick_names_the_backend_and_respects_backward_support():
+    attn = ai.build("sliding_window", window=4)
+    q = torch.randn(1, 16, 2, 8, requires_grad=True)
+    attn(q, q, q, causal=True).sum().backward()
+    assert attn.backend in REGISTRY["sliding_window"]
+    assert not REGISTRY["sliding_window"][attn.backend].not_supported_reasons("cpu", torch.float32, True, True)
+    assert attn.picked[("cpu", "float32", True)] == attn.backend
+
+
+def test_priority_lists_name_real_backends():
+    for (mechanism, _device), order in PRIORITY.items():
+        assert set(order) <= set(REGISTRY[mechanism]), order
+        assert "reference" not in order
+
+
+def test_a_backend_that_cannot_run_these_inputs_explains_and_lists_alternatives():
+    attn = ai.build("sliding_window", "flex", window=4)
+    q = torch.randn(1, 16, 2, 8, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"backward is not supported on CPU.*Backends that can: .*chunked"):
+        attn(q, q, q)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_selecting_unavailable_backend_raises_at_build_with_reason():
+    with pytest.raises(RuntimeError, match=r"'xformers' is unavailable: xformers.*Available here: .*sdpa"):
+        ai.build("dense", "xformers")
