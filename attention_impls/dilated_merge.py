@@ -79,7 +79,9 @@ def _merge_into(out_acc: torch.Tensor, lse_acc: torch.Tensor, out_part: torch.Te
     # Views are (B, S, m, Hs, D) for outputs and (B, Hs, S, m) for lse: move lse's heads next to D.
     keep = torch.exp(lse_acc - lse_new).permute(0, 2, 3, 1)[..., None]
     take = torch.exp(lse_part - lse_new).permute(0, 2, 3, 1)[..., None]
-    out_acc.mul_(keep).add_(out_part * take)
+    # out_part is the kernel's fresh output: scale it in place (half-precision parts are upcast first)
+    out_part = out_part.mul_(take) if out_part.dtype == out_acc.dtype else out_part.to(out_acc.dtype).mul_(take)
+    out_acc.mul_(keep).add_(out_part)
     lse_acc.copy_(lse_new)
 
 
