@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .kernels import LseKernel, default_scale
+from .kernels import LseKernel, default_scale, merge_lse_into
+
+_merge_into = merge_lse_into  # older name, still imported by distributed.py
 from .params import DilatedParams
 
 
@@ -73,18 +75,6 @@ def plan(params: DilatedParams, seq_len: int, num_heads: int) -> list[Piece]:
     return pieces
 
 
-def _merge_into(out_acc: torch.Tensor, lse_acc: torch.Tensor, out_part: torch.Tensor, lse_part: torch.Tensor):
-    """In place on strided views: (out, lse) <- the log-sum-exp merge of (out, lse) and (out_part, lse_part)."""
-    lse_new = torch.logaddexp(lse_acc, lse_part)
-    # Views are (B, S, m, Hs, D) for outputs and (B, Hs, S, m) for lse: move lse's heads next to D.
-    keep = torch.exp(lse_acc - lse_new).permute(0, 2, 3, 1)[..., None]
-    take = torch.exp(lse_part - lse_new).permute(0, 2, 3, 1)[..., None]
-    # out_part is the kernel's fresh output: scale it in place (half-precision parts are upcast first)
-    out_part = out_part.mul_(take) if out_part.dtype == out_acc.dtype else out_part.to(out_acc.dtype).mul_(take)
-    out_acc.mul_(keep).add_(out_part)
-    lse_acc.copy_(lse_new)
-
-
 def dilated_forward(q, k, v, params: DilatedParams, kernel: LseKernel, causal: bool):
     """Returns (out in q.dtype, lse (B, H, N) float32)."""
     batch, seq_len, num_heads, head_dim = q.shape
@@ -94,7 +84,7 @@ def dilated_forward(q, k, v, params: DilatedParams, kernel: LseKernel, causal: b
     lse_acc = torch.full((batch, num_heads, seq_len), float("-inf"), dtype=acc_dtype, device=q.device)
     for piece in plan(params, seq_len, num_heads):
         out_part, lse_part = kernel.forward(piece.gather(q), piece.gather(k), piece.gather(v), causal, scale)
-        _merge_into(piece.view(out_acc), piece.lse_view(lse_acc),
+        merge_lse_into(piece.view(out_acc), piece.lse_view(lse_acc),
                     piece.unbatch(out_part, batch), piece.unbatch_lse(lse_part.to(acc_dtype), batch))
     return out_acc.to(q.dtype), lse_acc
 

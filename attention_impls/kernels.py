@@ -36,6 +36,24 @@ class LseKernel(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
+def merge_lse_into(
+    out_acc: torch.Tensor, lse_acc: torch.Tensor, out_part: torch.Tensor, lse_part: torch.Tensor
+) -> None:
+    """In place on (strided) views: (out_acc, lse_acc) <- the log-sum-exp merge with (out_part, lse_part).
+
+    Outputs are (..., m, Hs, D) and lse (B, Hs, ..., m) with the same middle dimensions (B, S, m, Hs, D) and
+    (B, Hs, S, m); an lse of -inf means "nothing yet" and merges to the part itself. out_part is consumed.
+    """
+    lse_new = torch.logaddexp(lse_acc, lse_part)
+    # move lse's heads next to head_dim to broadcast against the outputs
+    keep = torch.exp(lse_acc - lse_new).movedim(1, -1)[..., None]
+    take = torch.exp(lse_part - lse_new).movedim(1, -1)[..., None]
+    # out_part is the kernel's fresh output: scale it in place (half-precision parts are upcast first)
+    out_part = out_part.mul_(take) if out_part.dtype == out_acc.dtype else out_part.to(out_acc.dtype).mul_(take)
+    out_acc.mul_(keep).add_(out_part)
+    lse_acc.copy_(lse_new)
+
+
 def default_scale(head_dim: int, scale: float | None) -> float:
     return 1.0 / math.sqrt(head_dim) if scale is None else scale
 
