@@ -101,7 +101,9 @@ class _LeftBandFunction(torch.autograd.Function):
         padded_len = math.ceil(seq_len / left) * left
         # Padding sits after every real position: causal real queries never see it, and the previous-block half
         # only reads keys from blocks that are entirely real. Padded query rows are computed and dropped.
-        q, k, v = (F.pad(x, (0, 0, 0, 0, 0, padded_len - seq_len)).contiguous() for x in (q, k, v))
+        if padded_len != seq_len:
+            q, k, v = (F.pad(x, (0, 0, 0, 0, 0, padded_len - seq_len)) for x in (q, k, v))
+        q, k, v = (x.contiguous() for x in (q, k, v))
         out, lse = _left_band_forward(q, k, v, left, scale, kernel)
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
@@ -112,7 +114,9 @@ class _LeftBandFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        grad_out = F.pad(grad_out, (0, 0, 0, 0, 0, q.shape[1] - ctx.seq_len)).contiguous()
+        if q.shape[1] != ctx.seq_len:
+            grad_out = F.pad(grad_out, (0, 0, 0, 0, 0, q.shape[1] - ctx.seq_len))
+        grad_out = grad_out.contiguous()
         grads = _left_band_backward(grad_out, q, k, v, out, lse, ctx.left, ctx.scale, ctx.kernel)
         return tuple(g[:, : ctx.seq_len].to(q.dtype) for g in grads) + (None, None, None)
 

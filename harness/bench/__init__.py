@@ -1,0 +1,10 @@
+"""The benchmark runner: speed, memory and FLOP shootouts (job=speed).
+
+measure.py runs one point (gate, first call, memory, timing) inside a worker (worker.py); flops.py counts
+useful and executed FLOPs; sweep.py validates the config, expands and runs the sweep, and writes the rows.
+"""
+
+from .measure import Point, measure_point, matmul_ceiling, time_call
+from .sweep import plan_speed, run_speed
+
+__all__ = ["Point", "matmul_ceiling", "measure_point", "plan_speed", "run_speed", "time_call"]

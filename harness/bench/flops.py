@@ -1,0 +1,25 @@
+"""FLOPs of a point: the spec's useful count (attention_impls.patterns) and what the backend executes.
+
+Useful: 4 * head_dim * (query, key) pairs scored, counted exactly from the pattern (a pair seen by c dilated
+branches counts c times); forward+backward is 3.5x forward (flash-attn's convention). Executed: the same formula
+over the pairs the backend actually scores (whole tiles of a block mask, a dense N x N mask), when it scores more.
+"""
+
+from __future__ import annotations
+
+from attention_impls import make_params
+from attention_impls.patterns import BACKWARD_FLOP_FACTOR, useful_flops
+from attention_impls.registry import get_backend_class
+
+
+def point_flops(mechanism: str, backend: str, params: dict, batch: int, seq_len: int, heads: int,
+                head_dim: int, causal: bool, backward: bool) -> dict[str, float]:
+    """{"useful_flops", "executed_flops"} for one call (forward, or forward+backward)."""
+    spec_params = make_params(mechanism, **params)
+    useful = useful_flops(spec_params, batch, seq_len, heads, head_dim, causal, backward=backward)
+    pairs = get_backend_class(mechanism, backend)(spec_params).executed_pairs(seq_len, heads, causal)
+    if pairs is None:
+        executed = useful
+    else:
+        executed = 4.0 * head_dim * batch * pairs * ((1.0 + BACKWARD_FLOP_FACTOR) if backward else 1.0)
+    return {"useful_flops": useful, "executed_flops": executed}

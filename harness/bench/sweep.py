@@ -1,0 +1,469 @@
+"""The speed job: check the config, expand the sweep, measure each point in a worker, store tidy rows.
+
+    run_speed(cfg)                    # what `shootout job=speed ...` runs
+    run_speed(cfg, check_only=True)   # validation only: raises ConfigError before anything runs
+
+Points are ordered variant -> dtype -> causal -> pass -> seq_len ascending, so an out-of-memory or timeout at
+some N can end that ladder (`benchmark.skip_larger_after_failure`) with `skipped` rows instead of more failures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import attention_impls
+from attention_impls.params import check_dilated_coverage
+from attention_impls.registry import get_backend_class
+
+from .. import environment
+from ..config import ConfigError
+from ..store import ResultsStore, config_hash, default_job_id
+from .flops import point_flops
+from .measure import DTYPES, PASSES, Point
+from .worker import Worker
+
+FAILED = ("oom", "timeout")  # statuses that end a seq_len ladder
+REFERENCE_MAX_SEQ_LEN = 8192  # the float64 references materialise (batch, heads, N, N) scores
+DONE_STATUSES = ("ok", "wrong", "unsupported", "oom", "timeout", "nan")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    mechanism: str
+    backend: str | None
+    params: dict
+
+
+@dataclass
+class SpeedPlan:
+    variants: list[Variant]
+    device: str
+    points: list[Point]  # the grid (empty when the max_seq_len search runs instead)
+    search: bool
+
+
+def _variants(cfg: DictConfig) -> list[Variant]:
+    nodes = [("attention", cfg.attention)] + [(f"variants.{key}", node) for key, node in cfg.variants.items()]
+    variants, seen = [], set()
+    for where, node in nodes:
+        params = OmegaConf.to_container(node.params, resolve=True)
+        try:
+            attention_impls.make_params(node.mechanism, **params)
+            if node.backend is not None:
+                get_backend_class(node.mechanism, node.backend)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{where} ({node.name}): {error}") from None
+        variant = Variant(node.name, node.mechanism, node.backend, params)
+        identity = json.dumps([variant.mechanism, variant.backend, params], sort_keys=True)
+        if identity not in seen:  # the same variant listed twice is measured once
+            seen.add(identity)
+            variants.append(variant)
+    return variants
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"benchmark.device={name} but CUDA is not available here (torch {torch.__version__}); "
+                              f"use benchmark.device=cpu or auto")
+        return name
+    raise ConfigError(f"benchmark.device={name!r} is not known; choose one of: cpu, cuda, cuda:<index>, auto")
+
+
+def _check_positive(name: str, value: Any, minimum: float = 1) -> None:
+    if value is None or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum:g}")
+
+
+def plan_speed(cfg: DictConfig) -> SpeedPlan:
+    """Validate everything a speed run needs and expand its points; raises ConfigError on bad input."""
+    bench = cfg.benchmark
+    device = _device(bench.device)
+    for name in ("batch", "heads", "head_dim", "min_repeats"):
+        _check_positive(f"benchmark.{name}", bench[name])
+    _check_positive("benchmark.warmup", bench.warmup, 0)
+    for name in ("min_run_time_s", "timeout_s"):
+        if not bench[name] > 0:
+            raise ConfigError(f"benchmark.{name}={bench[name]} must be > 0")
+    if bench.threads is not None:
+        _check_positive("benchmark.threads", bench.threads)
+    if bench.worker_memory_limit_gb is not None and not bench.worker_memory_limit_gb > 0:
+        raise ConfigError(f"benchmark.worker_memory_limit_gb={bench.worker_memory_limit_gb} must be > 0 (or null)")
+    if bench.isolation not in ("process", "inline"):
+        raise ConfigError(f"benchmark.isolation={bench.isolation!r} must be one of: process, inline")
+    for dtype in bench.dtypes:
+        if dtype not in DTYPES:
+            raise ConfigError(f"benchmark.dtypes: {dtype!r} is not known; choose from: {', '.join(DTYPES)}")
+        for tolerance in ("out_atol", "grad_atol"):
+            if bench.correctness.enabled and dtype not in bench.correctness[tolerance]:
+                raise ConfigError(f"benchmark.correctness.{tolerance} has no entry for dtype {dtype}")
+    for pass_name in bench.passes:
+        if pass_name not in PASSES:
+            raise ConfigError(f"benchmark.passes: {pass_name!r} is not known; choose from: {', '.join(PASSES)}")
+    for key in ("dtypes", "passes", "causal"):
+        if len(bench[key]) == 0:
+            raise ConfigError(f"benchmark.{key} is empty; give at least one value")
+    search = bench.max_seq_len.enabled
+    if search:
+        limits = bench.max_seq_len
+        for name in ("start", "resolution"):
+            _check_positive(f"benchmark.max_seq_len.{name}", limits[name])
+        if limits.limit < limits.start:
+            raise ConfigError(f"benchmark.max_seq_len.limit={limits.limit} must be >= start={limits.start}")
+        if not limits.latency_budget_s > 0:
+            raise ConfigError(f"benchmark.max_seq_len.latency_budget_s={limits.latency_budget_s} must be > 0")
+        seq_lens = [limits.start]
+    else:
+        seq_lens = list(bench.seq_lens)
+        if not seq_lens:
+            raise ConfigError("benchmark.seq_lens is empty; give at least one sequence length")
+    if bench.correctness.enabled:
+        _check_positive("benchmark.correctness.seq_len", bench.correctness.seq_len)
+        _check_positive("benchmark.correctness.batch", bench.correctness.batch)
+    _check_positive("benchmark.ceiling.size", bench.ceiling.size)
+    if bench.fault_hook:
+        _check_hook(bench.fault_hook)
+
+    variants = _variants(cfg)
+    for variant in variants:
+        _check_variant_here(variant, device, seq_lens, bench)
+
+    gate = OmegaConf.to_container(bench.correctness, resolve=True) if bench.correctness.enabled else {}
+    points = []
+    for variant in variants:
+        for dtype in bench.dtypes:
+            for causal in bench.causal:
+                for pass_name in bench.passes:
+                    for seq_len in sorted(seq_lens):
+                        points.append(Point(
+                            variant=variant.name, mechanism=variant.mechanism, backend=variant.backend,
+                            params=variant.params, batch=bench.batch, seq_len=int(seq_len), heads=bench.heads,
+                            head_dim=bench.head_dim, dtype=dtype, causal=bool(causal), pass_name=pass_name,
+                            device=device, seed=cfg.seed, warmup=bench.warmup,
+                            min_run_time_s=bench.min_run_time_s, min_repeats=bench.min_repeats,
+                            threads=bench.threads, gate=gate, fault_hook=bench.fault_hook))
+    try:
+        ResultsStore(cfg.results_dir, cfg.name).check_writable()
+    except PermissionError as error:
+        raise ConfigError(f"results_dir={cfg.results_dir}: {error}") from None
+    return SpeedPlan(variants=variants, device=device, points=points, search=search)
+
+
+def _check_hook(path: str) -> None:
+    import importlib
+
+    module_name, _, function_name = path.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name, None)
+    except ImportError as error:
+        raise ConfigError(f"benchmark.fault_hook={path!r}: cannot import {module_name!r} ({error})") from None
+    if not callable(function):
+        raise ConfigError(f"benchmark.fault_hook={path!r} must name a function as 'module:function'")
+
+
+def _check_variant_here(variant: Variant, device: str, seq_lens: list[int], bench: DictConfig) -> None:
+    """A backend that cannot run on this device at all, or a seq_len the variant cannot take, is bad input."""
+    if variant.backend is not None:
+        cls = get_backend_class(variant.mechanism, variant.backend)
+        device_type = torch.device(device).type
+        reasons = [r for r in [cls.unavailable_reason()] if r]
+        if device_type not in cls.devices:
+            reasons.append(f"device={device_type} (supported: {', '.join(sorted(cls.devices))})")
+        if reasons:
+            runnable = [i.name for i in attention_impls.backends(variant.mechanism) if i.available]
+            raise ConfigError(f"{variant.name}: {variant.mechanism} backend {variant.backend!r} is unavailable here: "
+                              f"{'; '.join(reasons)}. Available: {', '.join(runnable)}")
+    for seq_len in seq_lens:
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+            raise ConfigError(f"benchmark.seq_lens: {seq_len!r} must be a positive int")
+        if variant.backend == "reference" and seq_len > REFERENCE_MAX_SEQ_LEN:
+            raise ConfigError(f"{variant.name}: seq_len={seq_len} is too large for the float64 reference, which "
+                              f"materialises N x N scores (at most {REFERENCE_MAX_SEQ_LEN})")
+        if variant.mechanism == "dilated":
+            try:
+                check_dilated_coverage(attention_impls.make_params("dilated", **variant.params), seq_len,
+                                       bench.heads)
+            except ValueError as error:
+                raise ConfigError(f"{variant.name}: seq_len={seq_len}, heads={bench.heads}: {error}") from None
+
+
+# ---- running -------------------------------------------------------------------------------------------------
+
+class SpeedRun:
+    """Runs points and turns each outcome into one row; owns the worker, the ceiling cache and the store."""
+
+    def __init__(self, cfg: DictConfig, plan: SpeedPlan, store: ResultsStore, logger: Any) -> None:
+        self.cfg, self.plan, self.store, self.logger = cfg, plan, store, logger
+        bench = cfg.benchmark
+        self.worker = Worker(bench.isolation, bench.worker_memory_limit_gb)
+        self.ceilings: dict[tuple[str, str], dict[str, Any]] = {}
+        self.config_json = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
+        self.env = environment.fingerprint(plan.device)
+        self.recorded: dict[str, dict[str, Any]] = {}
+        if cfg.resume:
+            frame = store.read()
+            if not frame.empty:
+                done = frame[frame["status"].isin(DONE_STATUSES)]
+                self.recorded = {row["config_hash"]: row for row in done.to_dict("records")}
+        self.rows: list[dict[str, Any]] = []
+        self.skipped_resume = 0
+        self.step = 0
+
+    def ceiling(self, dtype: str) -> dict[str, Any]:
+        key = (self.plan.device, dtype)
+        if key not in self.ceilings:
+            bench = self.cfg.benchmark
+            result = self.worker.run("matmul_ceiling", dict(
+                device=self.plan.device, dtype=dtype, size=bench.ceiling.size,
+                min_run_time_s=bench.ceiling.min_run_time_s, threads=bench.threads), timeout_s=bench.timeout_s)
+            if "status" in result:
+                result = {"matmul_peak_flops_per_s": math.nan,
+                          "matmul_method": f"not measured: {result['status']}: {result['reason']}"}
+            self.ceilings[key] = result
+        return self.ceilings[key]
+
+    def measure(self, point: Point) -> dict[str, Any]:
+        """The row for `point`: recorded already (resume), unsupported here, or measured in the worker."""
+        point_hash = config_hash(point.identity())
+        if point_hash in self.recorded:
+            self.skipped_resume += 1
+            return self.recorded[point_hash]
+        try:
+            backend = attention_impls.build(point.mechanism, point.backend, **point.params).resolve(
+                torch.device(point.device), DTYPES[point.dtype], point.causal, point.backward)
+            columns = {}
+        except RuntimeError as error:
+            backend = point.backend
+            columns = {"status": "unsupported", "reason": " ".join(str(error).split())}
+        if not columns:
+            ceiling = self.ceiling(point.dtype)
+            columns = self.worker.run("measure_point", {"point": point}, timeout_s=self.cfg.benchmark.timeout_s)
+            columns.update(ceiling)
+            if self.cfg.benchmark.fresh_worker_per_point:
+                self.worker.close()
+        return self._record(point, point_hash, backend, columns)
+
+    def skip(self, point: Point, reason: str) -> dict[str, Any]:
+        return self._record(point, config_hash(point.identity()), point.backend,
+                            {"status": "skipped", "reason": reason})
+
+    def _record(self, point: Point, point_hash: str, backend: str | None, columns: dict[str, Any]) -> dict:
+        backend = columns.pop("backend", None) or backend
+        row: dict[str, Any] = {
+            "kind": "speed", "variant": point.variant, "mechanism": point.mechanism, "backend": backend,
+            "backend_requested": point.backend or "auto", "params": json.dumps(point.params, sort_keys=True),
+            "batch": point.batch, "seq_len": point.seq_len, "heads": point.heads, "head_dim": point.head_dim,
+            "dtype": point.dtype, "causal": point.causal, "pass": point.pass_name, "device": point.device,
+        }
+        row.update({column: None for column in MEASURED_COLUMNS})
+        row.update(columns)
+        if backend is not None and backend in attention_impls.registry.REGISTRY[point.mechanism]:
+            row.update(point_flops(point.mechanism, backend, point.params, point.batch, point.seq_len,
+                                   point.heads, point.head_dim, point.causal, point.backward))
+        median = row.get("latency_median_s")
+        if row["status"] == "ok" and median:
+            row["tokens_per_s"] = point.batch * point.seq_len / median
+            row["flops_per_s"] = row["useful_flops"] / median
+            row["executed_flops_per_s"] = row["executed_flops"] / median
+            peak = row.get("matmul_peak_flops_per_s")
+            row["fraction_of_peak"] = row["flops_per_s"] / peak if peak and not math.isnan(peak) else math.nan
+        row.update(config=self.config_json, config_hash=point_hash, **self.env)
+        row.update(experiment=self.store.experiment, job_id=self.store.job_id)
+        self.store.append(row)
+        self.rows.append(row)
+        self.step += 1
+        if row["status"] == "ok":
+            self.logger.log_metrics({key: row[key] for key in LOGGED_METRICS if row.get(key) is not None}
+                                    | {"seq_len": point.seq_len}, step=self.step)
+        return row
+
+
+# Columns every speed row has (None/NaN where a point ended early), besides the point's own and env_*.
+MEASURED_COLUMNS = (
+    "status", "reason", "latency_median_s", "latency_iqr_s", "latency_min_s", "latency_mean_s", "latency_count",
+    "calls_per_sample", "latency_times_s", "noisy", "timing_method", "tokens_per_s", "peak_mem_bytes",
+    "mem_method", "useful_flops", "executed_flops", "flops_per_s", "executed_flops_per_s",
+    "matmul_peak_flops_per_s", "matmul_method", "fraction_of_peak", "compile_s", "first_call_s", "max_abs_err",
+    "max_abs_grad_err", "gate_seq_len", "threads",
+)
+LOGGED_METRICS = ("latency_median_s", "latency_iqr_s", "tokens_per_s", "peak_mem_bytes", "flops_per_s",
+                  "fraction_of_peak")
+
+
+def _ladder_key(point: Point) -> tuple:
+    return (point.variant, point.dtype, point.causal, point.pass_name)
+
+
+def _describe(point: Point) -> str:
+    causal = " causal" if point.causal else ""
+    return f"{point.variant} {point.pass_name} {point.dtype}{causal} N={point.seq_len}"
+
+
+def _fits(row: dict[str, Any], latency_budget_s: float) -> bool:
+    return row["status"] == "ok" and row["latency_median_s"] <= latency_budget_s
+
+
+def run_grid(run: SpeedRun, progress) -> None:
+    failed_at: dict[tuple, dict[str, Any]] = {}
+    task = progress.add_task("", total=len(run.plan.points))
+    for point in run.plan.points:
+        progress.update(task, description=_describe(point))
+        key = _ladder_key(point)
+        if run.cfg.benchmark.skip_larger_after_failure and key in failed_at:
+            first = failed_at[key]
+            run.skip(point, f"skipped: seq_len={first['seq_len']} already failed with status {first['status']} "
+                            f"(benchmark.skip_larger_after_failure)")
+        else:
+            row = run.measure(point)
+            if row["status"] in FAILED:
+                failed_at[key] = row
+        progress.advance(task)
+
+
+def run_search(run: SpeedRun, progress) -> None:
+    """Per ladder: double N until a point does not fit or the limit is reached, then bisect the gap."""
+    limits = run.cfg.benchmark.max_seq_len
+    ladders: dict[tuple, Point] = {}
+    for point in run.plan.points:
+        ladders.setdefault(_ladder_key(point), point)
+    task = progress.add_task("", total=None)
+    for key, base in ladders.items():
+        probes: list[tuple[int, str]] = []
+
+        def fits(seq_len: int) -> bool:
+            point = replace(base, seq_len=seq_len)
+            progress.update(task, description=f"max_seq_len search: {_describe(point)}")
+            row = run.measure(point)
+            progress.advance(task)
+            probes.append((seq_len, row["status"]))
+            return _fits(row, limits.latency_budget_s)
+
+        best, worst, seq_len = 0, None, limits.start
+        while seq_len <= limits.limit:
+            if not fits(seq_len):
+                worst = seq_len
+                break
+            best, seq_len = seq_len, seq_len * 2
+        while worst is not None and worst - best > limits.resolution:
+            middle = (best + worst) // 2 // limits.resolution * limits.resolution
+            if middle <= best:
+                break
+            if fits(middle):
+                best = middle
+            else:
+                worst = middle
+        limited_by = "limit" if worst is None else dict(probes)[worst]
+        identity = {"kind": "max_seq_len", **replace(base, seq_len=0).identity(),
+                    "search": OmegaConf.to_container(limits, resolve=True)}
+        row = {
+            "kind": "max_seq_len", "status": "ok", "variant": base.variant, "mechanism": base.mechanism,
+            "backend_requested": base.backend or "auto", "params": json.dumps(base.params, sort_keys=True),
+            "batch": base.batch, "heads": base.heads, "head_dim": base.head_dim, "dtype": base.dtype,
+            "causal": base.causal, "pass": base.pass_name, "device": base.device, "max_seq_len": best,
+            "first_failing_seq_len": worst, "limited_by": limited_by, "probes": [list(p) for p in probes],
+            "reason": f"largest fitting N={best}; N={worst} ended with {limited_by}" if worst else
+                      f"every N up to the limit {limits.limit} fits",
+            "config": run.config_json, "config_hash": config_hash(identity), **run.env,
+            "experiment": run.store.experiment, "job_id": run.store.job_id,
+        }
+        run.store.append(row)
+        run.rows.append(row)
+
+
+def _job_name() -> tuple[str, int | None]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        job = HydraConfig.get().job
+        return (job.override_dirname or job.name), (job.get("num") if "num" in job else None)
+    return "speed", None
+
+
+def run_speed(cfg: DictConfig, check_only: bool = False) -> pd.DataFrame | None:
+    """Measure every point of the config; returns this job's rows (None with check_only)."""
+    from hydra.utils import instantiate
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import TimeRemainingColumn
+
+    plan = plan_speed(cfg)
+    if check_only:
+        return None
+    job_name, job_num = _job_name()
+    job_id = f"{default_job_id()}-{'' if job_num is None else f'j{job_num}-'}{uuid.uuid4().hex[:6]}"
+    store = ResultsStore(cfg.results_dir, cfg.name, job_id=job_id)
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        console.width = max(console.width, 200)  # logs and CI: do not squeeze the summary into 80 columns
+    logger = instantiate(cfg.logger)
+    run = None
+    started = time.perf_counter()
+    try:
+        logger.start(OmegaConf.to_container(cfg, resolve=True), cfg.name, job_name)
+        run = SpeedRun(cfg, plan, store, logger)
+        columns = [TextColumn("[bold]point"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}"),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        with Progress(*columns, console=console, transient=False) as progress:
+            (run_search if plan.search else run_grid)(run, progress)
+        frame = store.consolidate() if run.rows else store.read()
+        job_rows = pd.DataFrame(run.rows)
+        if not job_rows.empty:
+            logger.log_rows(job_rows, name="speed")
+            logger.log_files([store.dir / "results.parquet", store.dir / "results.csv"], name="results")
+        console.print(summary_table(job_rows, run.skipped_resume, store, time.perf_counter() - started))
+        del frame
+        return job_rows
+    finally:
+        if run is not None:
+            run.worker.close()
+        logger.finish()
+
+
+def summary_table(rows: pd.DataFrame, skipped_resume: int, store: ResultsStore, elapsed_s: float):
+    """A rich table of this job's rows: one line per point, the numbers a reader checks first."""
+    from rich.table import Table
+
+    table = Table(title=f"{store.experiment}: {len(rows)} rows in {elapsed_s:.1f} s "
+                        f"({skipped_resume} already recorded, resumed) -> {store.dir}")
+    for header in ("variant", "backend", "pass", "dtype", "causal", "N", "status", "median ms", "IQR %",
+                   "tokens/s", "GFLOP/s", "% peak", "peak MiB", "note"):
+        table.add_column(header, justify="left" if header in ("variant", "backend", "pass", "status", "note")
+                         else "right")
+    speed = rows[rows["kind"] == "speed"] if not rows.empty else rows
+
+    def number(value, scale=1.0, digits=1) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "-"
+        return f"{value * scale:,.{digits}f}"
+
+    for row in speed.to_dict("records"):
+        median = row.get("latency_median_s")
+        iqr = row.get("latency_iqr_s")
+        table.add_row(
+            row["variant"], str(row["backend"]), row["pass"], row["dtype"], str(row["causal"]), str(row["seq_len"]),
+            row["status"], number(median, 1e3, 3),
+            number(iqr / median if median and iqr is not None and not math.isnan(iqr) else None, 100.0, 1),
+            number(row.get("tokens_per_s"), 1.0, 0), number(row.get("flops_per_s"), 1e-9, 1),
+            number(row.get("fraction_of_peak"), 100.0, 1), number(row.get("peak_mem_bytes"), 2.0**-20, 1),
+            ("noisy " if row.get("noisy") else "")
+            + ("above the GEMM ceiling " if (row.get("fraction_of_peak") or 0) > 1 else "")
+            + (row.get("reason") or "")[:60])
+    if not rows.empty and "max_seq_len" in set(rows["kind"]):
+        for row in rows[rows["kind"] == "max_seq_len"].to_dict("records"):
+            table.add_row(row["variant"], "", row["pass"], row["dtype"], str(row["causal"]),
+                          f"max {row['max_seq_len']}", "ok", "", "", "", "", "", "", row["reason"][:60])
+    return table

@@ -1,0 +1,647 @@
+"""The report's figures, each drawn from the stored rows alone (PNG for pages, SVG for papers).
+
+Every `plot_*` function takes the store's frame, an output folder and the report's Palette, and returns a
+`Plot`: the written paths, the Figure and the exact data it drew (tidy: one row per drawn point), or, when its
+data is absent, `skipped` with the reason and no file. Failed points (oom, timeout, wrong, ...) are drawn with
+one marker per status where the variant's line stopped, never dropped silently.
+
+Figures are built with matplotlib's object API (no pyplot state), so this module never changes the caller's
+backend and leaks no open figures; seaborn provides the theme and the heatmaps.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from attention_impls import make_params
+from attention_impls.params import DenseParams, DilatedParams, SlidingWindowParams
+from attention_impls.patterns import dilated_multiplicity, sliding_window_visible
+
+from . import tables
+from .palette import STATUS_MARKERS, Palette, parse_params, variant_label
+
+DPI = 150
+MAX_PATTERN_POSITIONS = 256  # the pattern picture shows at most this many positions: one cell stays visible
+MAX_PATTERN_HEADS = 4
+
+
+@dataclass
+class Plot:
+    """One figure of the report: where it was written and what it shows, or why it was not drawn."""
+
+    name: str
+    title: str
+    caption: str = ""
+    paths: list[Path] = field(default_factory=list)
+    figure: Figure | None = None
+    data: pd.DataFrame = field(default_factory=pd.DataFrame)
+    skipped: str | None = None
+
+    @property
+    def png(self) -> Path | None:
+        return next((p for p in self.paths if p.suffix == ".png"), None)
+
+
+@contextmanager
+def _theme() -> Iterator[None]:
+    rc = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.85),
+          "svg.fonttype": "none", "legend.frameon": False}
+    with matplotlib.rc_context(rc):
+        yield
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(plot: Plot, out_dir: Path) -> Plot:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for suffix in (".png", ".svg"):
+        path = out_dir / f"{plot.name}{suffix}"
+        plot.figure.savefig(path, dpi=DPI)  # constrained layout already fits legends and titles
+        plot.paths.append(path)
+    return plot
+
+
+def _skip(name: str, title: str, reason: str) -> Plot:
+    return Plot(name=name, title=title, skipped=reason)
+
+
+# ------------------------------------------------------------------------------------------ speed plots
+
+@dataclass(frozen=True)
+class _Metric:
+    column: str      # column of speed_summary
+    label: str       # y-axis label, with units
+    log: bool = True
+
+
+def _facets(speed: pd.DataFrame) -> tuple[list[tuple[str, pd.DataFrame]], str]:
+    """Split speed points by the settings that vary (pass, dtype, ...): one panel each, titled by them.
+    Also returns the settings common to all panels, as one line for the figure title."""
+    varying = [c for c in tables.SPEED_SETTING_COLUMNS if speed[c].notna().any() and speed[c].nunique() > 1]
+    constant = [c for c in tables.SPEED_SETTING_COLUMNS if c not in varying and speed[c].notna().any()]
+    common = ", ".join(f"{c}={tables.format_value(speed[c].dropna().iloc[0])}" for c in constant)
+    if not varying:
+        return [("", speed)], common
+    panels = []
+    for key, group in speed.groupby(varying, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        panels.append((", ".join(f"{c}={tables.format_value(v)}" for c, v in zip(varying, key)), group))
+    return panels, common
+
+
+def _seq_len_axis(ax, seq_lens: pd.Series) -> None:
+    """Log2 x axis ticked at the measured N, written out (a reader checks 4096, not 2^12)."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ax.set_xscale("log", base=2)
+    ticks = sorted({int(n) for n in pd.to_numeric(seq_lens, errors="coerce").dropna()})
+    if len(ticks) > 8:  # keep every other tick so the labels never collide
+        ticks = ticks[::2]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([str(n) for n in ticks], rotation=30 if ticks and ticks[-1] >= 10000 else 0)
+
+
+def _plain_log_labels(axis) -> None:
+    """Tick labels as plain numbers (100, not 10^2); 2x and 5x minor ticks labelled when few decades show."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    axis.set_major_formatter(plain)
+    axis.axes.autoscale_view()  # limits are computed lazily; the decision below needs the final ones
+    low, high = axis.get_view_interval()
+    decades = math.floor(math.log10(high)) - math.ceil(math.log10(low)) + 1 if low > 0 and high > 0 else 2
+    if decades >= 2:
+        axis.set_minor_formatter(NullFormatter())
+    else:  # fewer than two labelled powers of ten: also label the 2x and 5x ticks, or nothing reads the scale
+        axis.set_minor_formatter(FuncFormatter(
+            lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "25" else ""))
+
+
+def _guides(ax, x: np.ndarray, anchor_y: float) -> list[dict]:
+    """Ideal O(N) and O(N^2) lines through (smallest N, anchor_y), for reading the slope of each variant."""
+    drawn = []
+    x0 = x.min()
+    xs = np.geomspace(x0, x.max(), 50)
+    for power, label, style in ((1, "O(N)", ":"), (2, "O(N²)", "--")):
+        ys = anchor_y * (xs / x0) ** power
+        ax.plot(xs, ys, style, color="0.55", linewidth=1.0, zorder=1)
+        drawn += [dict(series=label, x=float(a), y=float(b)) for a, b in ((xs[0], ys[0]), (xs[-1], ys[-1]))]
+    return drawn
+
+
+def _label_guides(ax) -> None:
+    """Write 'O(N)' / 'O(N²)' where each guide leaves the visible box (after the limits are final)."""
+    (x_lo, x_hi), (y_lo, y_hi) = ax.get_xlim(), ax.get_ylim()
+    for line in ax.get_lines():
+        if line.get_gid() is None:
+            continue
+        xs, ys = line.get_xdata(), line.get_ydata()
+        inside = (ys <= y_hi) & (ys >= y_lo) & (xs <= x_hi)
+        if inside.any():
+            i = np.flatnonzero(inside)[-1]
+            ax.annotate(line.get_gid(), (xs[i], ys[i]), xytext=(-2, 2), textcoords="offset points",
+                        ha="right", va="bottom", color="0.4", fontsize="small")
+
+
+def _scaling_plot(frame: pd.DataFrame, out_dir: Path, palette: Palette, *, name: str, title: str,
+                  metrics: list[_Metric], guides: bool = False, ceiling: bool = False, caption: str = "") -> Plot:
+    speed = tables.speed_summary(frame)
+    if speed.empty:
+        return _skip(name, title, "no speed rows in the store")
+    needed = [m.column for m in metrics]
+    if not speed[needed].notna().any().any():
+        # Nothing to draw a line through, so no y scale to place failure markers on: say what happened instead.
+        counts = ", ".join(f"{status}: {count}" for status, count in speed["status"].value_counts().items())
+        return _skip(name, title, f"no speed point has {' or '.join(needed)} ({counts}; a point that is ok but "
+                                  f"lacks the column was not recorded by its producer)")
+    panels, common = _facets(speed)
+    with _theme():
+        figure = _new_figure(5.2 * len(metrics) + 2.8, 3.6 * len(panels))
+        axes = figure.subplots(len(panels), len(metrics), squeeze=False)
+        drawn: list[dict] = []
+        statuses_seen: set[str] = set()
+        variants_seen: list[str] = []
+        for row, (panel_title, panel) in enumerate(panels):
+            for col, metric in enumerate(metrics):
+                ax = axes[row][col]
+                drawn += _draw_scaling_panel(ax, panel, metric, palette, guides, statuses_seen, variants_seen,
+                                             panel_title)
+                if ceiling and metric.column == "useful_gflops_per_s":
+                    drawn += _draw_ceiling(ax, frame, panel)
+                _seq_len_axis(ax, panel["seq_len"])
+                if metric.log:
+                    ax.set_yscale("log")
+                    _plain_log_labels(ax.yaxis)
+                ax.set_xlabel("sequence length N (tokens)")
+                ax.set_ylabel(metric.label)
+                ax.set_title(panel_title, fontsize="medium")
+                if guides:
+                    _label_guides(ax)
+        _legend(figure, palette, variants_seen, statuses_seen, guides)
+        figure.suptitle(title + (f"\n{common}" if common else ""), fontsize="large")
+    plot = Plot(name=name, title=title, caption=caption, figure=figure, data=pd.DataFrame(drawn))
+    return _save(plot, out_dir)
+
+
+def _draw_scaling_panel(ax, panel: pd.DataFrame, metric: _Metric, palette: Palette, guides: bool,
+                        statuses_seen: set[str], variants_seen: list[str], panel_title: str) -> list[dict]:
+    drawn: list[dict] = []
+    ok_values = panel.loc[panel["status"] == "ok", ["seq_len", metric.column]].dropna()
+    floor = float(ok_values[metric.column].min()) if len(ok_values) else 1.0
+    for variant in palette.sorted(panel["variant"].unique()):
+        points = panel[panel["variant"] == variant].sort_values("seq_len")
+        style = palette[variant]
+        ok = points[(points["status"] == "ok") & points[metric.column].notna()]
+        if len(ok):
+            ax.plot(ok["seq_len"], ok[metric.column], color=style.color, marker=style.marker,
+                    linestyle=style.linestyle, markersize=5, linewidth=1.6, zorder=3)
+            drawn += [dict(series=variant, panel=panel_title, metric=metric.column, x=float(x), y=float(y),
+                           status="ok") for x, y in zip(ok["seq_len"], ok[metric.column])]
+        if variant not in variants_seen and (len(ok) or (points["status"] != "ok").any()):
+            variants_seen.append(variant)
+        for _, failed in points[points["status"] != "ok"].iterrows():
+            # Where the line stopped: the last ok value at a smaller N; on the line (log-interpolated) for a gap
+            # between two ok points; the first ok value after it; or, with no ok point at all, the panel floor.
+            before = ok[ok["seq_len"] < failed["seq_len"]]
+            after = ok[ok["seq_len"] > failed["seq_len"]]
+            if len(before) and len(after):
+                (x0, y0), (x1, y1) = before.iloc[-1][["seq_len", metric.column]], after.iloc[0][["seq_len", metric.column]]
+                t = math.log(failed["seq_len"] / x0) / math.log(x1 / x0)
+                y = float(math.exp(math.log(y0) + t * (math.log(y1) - math.log(y0))))
+            else:
+                y = (before[metric.column].iloc[-1] if len(before) else
+                     after[metric.column].iloc[0] if len(after) else floor)
+            status = str(failed["status"])
+            statuses_seen.add(status)
+            ax.plot([failed["seq_len"]], [y], linestyle="none", marker=STATUS_MARKERS.get(status, "x"),
+                    markersize=10, markeredgewidth=2.0, color=style.color,
+                    markeredgecolor=style.color, zorder=4, clip_on=False)
+            if len(before) and not len(after):
+                ax.plot([before["seq_len"].iloc[-1], failed["seq_len"]], [y, y], color=style.color, linewidth=0.8,
+                        linestyle=":", zorder=2)
+            drawn.append(dict(series=variant, panel=panel_title, metric=metric.column,
+                              x=float(failed["seq_len"]), y=float(y), status=status))
+    if guides and len(ok_values):
+        smallest = ok_values["seq_len"].min()
+        anchor = float(np.exp(np.log(ok_values.loc[ok_values["seq_len"] == smallest, metric.column]).mean()))
+        y_lo, y_hi = ok_values[metric.column].min(), ok_values[metric.column].max()
+        before_lines = len(ax.get_lines())
+        drawn += _guides(ax, panel["seq_len"].to_numpy(dtype=float), anchor)
+        for line, label in zip(ax.get_lines()[before_lines:], ("O(N)", "O(N²)")):
+            line.set_gid(label)
+        # The data decides the frame; a guide that climbs out of it is cut, not allowed to squash the data.
+        ax.set_ylim(y_lo / 1.6, y_hi * 1.6)
+    return drawn
+
+
+def _draw_ceiling(ax, frame: pd.DataFrame, panel: pd.DataFrame) -> list[dict]:
+    """A horizontal line at the measured matmul rate (the row's own measurement, median over rows)."""
+    speed = tables.rows_of_kind(frame, "speed")
+    if "matmul_peak_flops_per_s" not in speed:
+        return []
+    ceiling = pd.to_numeric(speed["matmul_peak_flops_per_s"], errors="coerce").dropna()
+    if ceiling.empty:
+        return []
+    value = float(ceiling.median()) / 1e9
+    ax.axhline(value, color="0.2", linewidth=1.2, linestyle="-.", zorder=1)
+    ax.annotate(f"measured matmul ceiling {value:.4g} GFLOP/s", (0.02, value), xycoords=("axes fraction", "data"),
+                xytext=(0, 3), textcoords="offset points", fontsize="small", color="0.2")
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, max(high, value * 1.6))
+    return [dict(series="matmul ceiling", metric="useful_gflops_per_s", x=float("nan"), y=value, status="ok")]
+
+
+def _legend(figure: Figure, palette: Palette, variants: list[str], statuses: set[str], guides: bool) -> None:
+    handles, labels = [], []
+    for variant in palette.sorted(variants):
+        style = palette[variant]
+        handles.append(Line2D([], [], color=style.color, marker=style.marker, linestyle=style.linestyle))
+        labels.append(variant)
+    for status in sorted(statuses):
+        handles.append(Line2D([], [], color="0.3", marker=STATUS_MARKERS.get(status, "x"), linestyle="none",
+                              markersize=9, markeredgewidth=2.0))
+        labels.append(f"{status} (failed point)")
+    if guides:
+        handles += [Line2D([], [], color="0.55", linestyle=":"), Line2D([], [], color="0.55", linestyle="--")]
+        labels += ["ideal O(N)", "ideal O(N²)"]
+    figure.legend(handles, labels, loc="outside lower center", ncols=2 if len(labels) > 4 else len(labels),
+                  fontsize="small")
+
+
+def plot_latency(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
+    """The paper-style scaling plot: median latency against N, log-log, with ideal O(N) and O(N^2) slopes."""
+    return _scaling_plot(
+        frame, out_dir, palette, name="latency_vs_seq_len", title="Latency against sequence length",
+        metrics=[_Metric("latency_median_ms", "median latency (ms, log)")], guides=True,
+        caption="Median over repeats; a marker without a line is a point that failed (see legend), drawn at the "
+                "height where its variant's line stopped. Grey lines: ideal O(N) and O(N²) through the "
+                "smallest N.")
+
+
+def plot_memory(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
+    speed = tables.rows_of_kind(frame, "speed")
+    methods = sorted(speed["mem_method"].dropna().astype(str).unique()) if "mem_method" in speed else []
+    method = f"; {', '.join(methods)}" if methods else ""
+    return _scaling_plot(
+        frame, out_dir, palette, name="memory_vs_seq_len", title="Peak memory against sequence length",
+        metrics=[_Metric("peak_mem_mib", f"peak memory (MiB, log{method})")],
+        caption=f"Peak memory during the timed call{(' measured by ' + ', '.join(methods)) if methods else ''}; "
+                "failed points marked as in the latency plot.")
+
+
+def plot_throughput(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
+    return _scaling_plot(
+        frame, out_dir, palette, name="throughput", title="Throughput and achieved FLOP/s",
+        metrics=[_Metric("tokens_per_s", "throughput (tokens/s, log)"),
+                 _Metric("useful_gflops_per_s", "achieved useful GFLOP/s (log)")], ceiling=True,
+        caption="Useful FLOPs count only the (query, key) pairs the mechanism defines (spec: 4·D per pair, "
+                "backward 2.5x forward); the dash-dot line is the matmul rate measured on the same machine.")
+
+
+# -------------------------------------------------------------------------------------- retrieval plots
+
+def _bucket_centre(lo: float, hi: float) -> float:
+    if pd.isna(hi) or math.isinf(hi):
+        return float(lo) * 1.5 if lo > 0 else 1.0
+    if pd.isna(lo) or lo <= 0:
+        return max(float(hi) / 2, 1.0)
+    return math.sqrt(float(lo) * float(hi))
+
+
+def plot_retrieval_accuracy(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
+    """Accuracy against key-query distance, one line per variant, one panel per task and N; dotted verticals
+    mark each variant's theoretical reach."""
+    name, title = "retrieval_accuracy", "Retrieval accuracy by key-query distance"
+    summary = tables.retrieval_summary(frame)
+    if summary.empty:
+        return _skip(name, title, "no retrieval rows in the store")
+    if summary["distance_lo"].isna().all() and summary["distance_hi"].isna().all():
+        return _skip(name, title, "retrieval rows carry no distance_lo / distance_hi buckets")
+    summary = summary.assign(x=[_bucket_centre(lo, hi) for lo, hi in zip(summary["distance_lo"],
+                                                                          summary["distance_hi"])])
+    panels = list(summary.groupby(["task", "seq_len"], sort=True, dropna=False))
+    columns = min(len(panels), 3)
+    rows = math.ceil(len(panels) / columns)
+    drawn: list[dict] = []
+    statuses: set[str] = set()
+    variants: list[str] = []
+    with _theme():
+        figure = _new_figure(4.6 * columns + 3.0, 3.6 * rows)
+        axes = figure.subplots(rows, columns, squeeze=False).ravel()
+        for ax, ((task, seq_len), panel) in zip(axes, panels):
+            for variant in palette.sorted(panel["variant"].unique()):
+                points = panel[panel["variant"] == variant].sort_values("x")
+                style = palette[variant]
+                variants.append(variant)
+                ok = points[points["accuracy"].notna()]
+                ax.plot(ok["x"], ok["accuracy"], color=style.color, marker=style.marker, linestyle=style.linestyle,
+                        linewidth=1.6, markersize=5)
+                drawn += [dict(series=variant, task=task, seq_len=seq_len, x=x, y=y, status="ok")
+                          for x, y in zip(ok["x"], ok["accuracy"])]
+                # A bucket with failed rows is marked: at 0 when nothing in it produced an accuracy, else on
+                # its (partial) accuracy, so a reader knows the point stands on fewer queries.
+                for _, failed in points[points["status"] != "ok"].iterrows():
+                    status = next(s for s in str(failed["status"]).split("+") if s != "ok")
+                    statuses.add(status)
+                    y = 0.0 if pd.isna(failed["accuracy"]) else float(failed["accuracy"])
+                    ax.plot([failed["x"]], [y], marker=STATUS_MARKERS.get(status, "x"), color=style.color,
+                            markersize=10, markeredgewidth=2.0, linestyle="none", clip_on=False)
+                    drawn.append(dict(series=variant, task=task, seq_len=seq_len, x=failed["x"], y=y,
+                                      status=status))
+                reach = points["reach"].dropna()
+                if len(reach) and math.isfinite(reach.iloc[0]):
+                    ax.axvline(reach.iloc[0], color=style.color, linestyle=":", linewidth=1.2)
+            ax.set_xscale("log", base=2)
+            _plain_log_labels(ax.xaxis)
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_xlabel("key-query distance (tokens, bucket centre)")
+            ax.set_ylabel("accuracy")
+            ax.set_title(f"{task}, N={int(seq_len)}" if pd.notna(seq_len) else str(task), fontsize="medium")
+        for ax in axes[len(panels):]:
+            ax.set_visible(False)
+        handles, labels = [], []
+        for variant in palette.sorted(set(variants)):
+            style = palette[variant]
+            handles.append(Line2D([], [], color=style.color, marker=style.marker, linestyle=style.linestyle))
+            labels.append(variant)
+        handles.append(Line2D([], [], color="0.3", linestyle=":"))
+        labels.append("theoretical reach (its colour)")
+        for status in sorted(statuses):
+            handles.append(Line2D([], [], color="0.3", marker=STATUS_MARKERS.get(status, "x"), linestyle="none",
+                                  markersize=9, markeredgewidth=2.0))
+            labels.append(f"{status} (bucket has failed rows)")
+        figure.legend(handles, labels, loc="outside right upper", fontsize="small")
+        figure.suptitle(title, fontsize="large")
+    plot = Plot(name=name, title=title, figure=figure, data=pd.DataFrame(drawn),
+                caption="Accuracy per distance bucket, weighted by the number of queries in it; the x position "
+                        "is the bucket's geometric centre. Dotted verticals: theoretical reach of the pattern.")
+    return _save(plot, out_dir)
+
+
+def plot_passkey_heatmap(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
+    """The needle-in-a-haystack picture: passkey accuracy by needle depth and context length, per variant."""
+    name, title = "passkey_heatmap", "Passkey retrieval: accuracy by needle depth and context length"
+    summary = tables.passkey_summary(frame)
+    if summary.empty:
+        return _skip(name, title, "no passkey rows with depth and context_len in the store")
+    variants = palette.sorted(summary["variant"].unique())
+    columns = min(len(variants), 3)
+    rows = math.ceil(len(variants) / columns)
+    depths = sorted(summary["depth"].unique())
+    contexts = sorted(summary["context_len"].unique())
+    cmap = sns.color_palette("viridis", as_cmap=True)
+    with _theme():
+        figure = _new_figure(3.6 * columns + 1.2, 0.45 * len(depths) * rows + 1.6 * rows + 0.6)
+        axes = figure.subplots(rows, columns, squeeze=False).ravel()
+        for i, (ax, variant) in enumerate(zip(axes, variants)):
+            cells = summary[summary["variant"] == variant]
+            grid = cells.pivot_table(index="depth", columns="context_len", values="accuracy", aggfunc="first",
+                                     dropna=False).reindex(index=depths, columns=contexts)
+            status = cells.pivot_table(index="depth", columns="context_len", values="status", aggfunc="first")
+            status = status.reindex(index=depths, columns=contexts)
+            annot = np.where(grid.notna(), grid.map(lambda v: f"{v:.2f}" if pd.notna(v) else ""),
+                             status.fillna("not run").map(lambda s: str(s).replace("ok+", "")))
+            sns.heatmap(grid, ax=ax, vmin=0.0, vmax=1.0, cmap=cmap, annot=annot, fmt="", cbar=i == len(variants) - 1,
+                        cbar_kws={"label": "accuracy"}, linewidths=0.5, linecolor="white",
+                        annot_kws={"fontsize": "x-small"})
+            ax.set_facecolor("0.85")  # cells with no accuracy (failed or not run) read as grey, labelled
+            ax.grid(False)
+            for r, depth in enumerate(depths):
+                for c, context in enumerate(contexts):
+                    if pd.isna(grid.iloc[r, c]):  # seaborn does not annotate empty cells: name the status
+                        ax.text(c + 0.5, r + 0.5, annot[r, c], ha="center", va="center", fontsize="x-small",
+                                color="0.15")
+            ax.set_title(variant, fontsize="small")
+            ax.set_xlabel("context length (tokens)")
+            ax.set_ylabel("needle depth (0 = start)")
+            ax.set_xticklabels([f"{int(c)}" for c in contexts], rotation=0)
+            ax.set_yticklabels([f"{d:g}" for d in depths], rotation=0)
+        for ax in axes[len(variants):]:
+            ax.set_visible(False)
+        figure.suptitle(title, fontsize="large")
+    plot = Plot(name=name, title=title, figure=figure, data=summary.rename(columns={"variant": "series"}),
+                caption="Each cell: the share of passkeys recovered; a grey cell names the status of a point "
+                        "that produced no accuracy.")
+    return _save(plot, out_dir)
+
+
+def plot_pareto(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
+    """Speed against accuracy, one point per configuration, the non-dominated ones joined (lower-right
+    is better: fast and accurate)."""
+    name, title = "pareto", "Speed / accuracy trade-off"
+    speed = tables.speed_summary(frame)
+    retrieval = tables.retrieval_summary(frame)
+    if speed.empty or retrieval.empty:
+        return _skip(name, title, f"needs both speed and retrieval rows (speed: {len(speed)}, "
+                                  f"retrieval: {len(retrieval)})")
+    speed = speed[(speed["status"] == "ok") & speed["latency_median_ms"].notna()]
+    if "pass" in speed and (speed["pass"] == "forward").any():
+        speed = speed[speed["pass"] == "forward"]
+    points = []
+    for task, rows in retrieval.groupby("task", sort=True):
+        seq_len = rows["seq_len"].dropna().max() if rows["seq_len"].notna().any() else None
+        for variant, group in rows.groupby("variant", sort=False):
+            accuracy = group["accuracy"].to_numpy(dtype=float)
+            weights = group["count"].fillna(1.0).to_numpy(dtype=float)
+            valid = ~np.isnan(accuracy)
+            if not valid.any():
+                continue
+            mean = float(np.average(accuracy[valid], weights=weights[valid] if weights[valid].sum() > 0 else None))
+            measured = speed[speed["variant"] == variant]
+            if measured.empty:
+                continue
+            # The speed at the N the retrieval ran at, if measured; else the largest N measured for it.
+            at_n = measured[measured["seq_len"] == seq_len] if seq_len is not None else measured.iloc[0:0]
+            chosen = (at_n if len(at_n) else measured.sort_values("seq_len").tail(1)).iloc[0]
+            points.append(dict(task=task, series=variant, x=float(chosen["latency_median_ms"]), y=mean,
+                               speed_seq_len=int(chosen["seq_len"]), retrieval_seq_len=seq_len))
+    if not points:
+        return _skip(name, title, "no variant has both an ok speed point and a retrieval accuracy (the join is on "
+                                  "mechanism, backend and params)")
+    data = pd.DataFrame(points)
+    tasks = list(dict.fromkeys(data["task"]))
+    with _theme():
+        figure = _new_figure(4.8 * len(tasks) + 3.0, 4.0)
+        axes = figure.subplots(1, len(tasks), squeeze=False)[0]
+        for ax, task in zip(axes, tasks):
+            task_points = data[data["task"] == task].sort_values("x")
+            frontier, best = [], -math.inf
+            for _, point in task_points.iterrows():
+                if point["y"] > best:
+                    frontier.append(point)
+                    best = point["y"]
+            if len(frontier) > 1:
+                ax.step([p["x"] for p in frontier], [p["y"] for p in frontier], where="post", color="0.6",
+                        linewidth=1.0, zorder=1)
+            for _, point in task_points.iterrows():
+                style = palette[point["series"]]
+                ax.plot([point["x"]], [point["y"]], marker=style.marker, color=style.color, markersize=9,
+                        linestyle="none", zorder=3)
+            ax.set_xscale("log")
+            _plain_log_labels(ax.xaxis)
+            ax.set_ylim(-0.03, 1.08)
+            ns = sorted(set(task_points["speed_seq_len"]))
+            n_text = f"N={ns[0]}" if len(ns) == 1 else "N=" + "/".join(str(n) for n in ns)
+            ax.set_xlabel(f"forward latency (ms, log; {n_text})")
+            ax.set_ylabel(f"{task} accuracy (all distances)")
+            ax.set_title(task, fontsize="medium")
+        handles = [Line2D([], [], color=palette[v].color, marker=palette[v].marker, linestyle="none")
+                   for v in palette.sorted(data["series"].unique())]
+        labels = palette.sorted(data["series"].unique())
+        handles.append(Line2D([], [], color="0.6"))
+        labels.append("Pareto frontier")
+        figure.legend(handles, labels, loc="outside right upper", fontsize="small")
+        figure.suptitle(title, fontsize="large")
+    plot = Plot(name=name, title=title, figure=figure, data=data,
+                caption="One point per configuration: retrieval accuracy (count-weighted over every distance "
+                        "bucket) against forward latency at the retrieval's N where measured, else the largest N "
+                        "measured. Up and to the left is better.")
+    return _save(plot, out_dir)
+
+
+# -------------------------------------------------------------------------------------- pattern picture
+
+def _pattern_configs(frame: pd.DataFrame) -> list[dict]:
+    """Distinct (mechanism, params) in the store, with the largest N and heads they ran at and causality."""
+    if frame.empty or "mechanism" not in frame:
+        return []
+    configs: dict[str, dict] = {}
+    for _, row in frame.iterrows():
+        mechanism = row.get("mechanism")
+        if not isinstance(mechanism, str):
+            continue
+        params = parse_params(row.get("params"))
+        label = variant_label(mechanism, None, params)
+        entry = configs.setdefault(label, dict(label=label, mechanism=mechanism, params=params, seq_len=0,
+                                               heads=0, causal=set()))
+        for key in ("seq_len", "heads"):
+            value = pd.to_numeric(row.get(key), errors="coerce")
+            if pd.notna(value):
+                entry[key] = max(entry[key], int(value))
+        causal = row.get("causal")
+        if isinstance(causal, (bool, np.bool_)):
+            entry["causal"].add(bool(causal))
+    return list(configs.values())
+
+
+def _pattern(params, positions: int, heads: int, causal: bool) -> np.ndarray:
+    """(heads, queries, keys) multiplicity: how many branches score each pair (0 = not scored)."""
+    query = torch.arange(positions)[:, None]
+    key = torch.arange(positions)[None, :]
+    pictures = []
+    for head in range(heads):
+        h = torch.tensor(head)
+        if isinstance(params, DenseParams):
+            count = torch.ones(positions, positions, dtype=torch.int32)
+        elif isinstance(params, SlidingWindowParams):
+            left, right = params.window(causal)
+            count = sliding_window_visible(left, right)(query, key, h).to(torch.int32)
+        else:
+            count = dilated_multiplicity(params, positions, causal)(query, key, h)
+        if causal:
+            count = torch.where(key <= query, count, torch.zeros_like(count))
+        pictures.append(count.numpy())
+    return np.stack(pictures)
+
+
+def plot_attention_patterns(frame: pd.DataFrame, out_dir: Path, palette: Palette,
+                            max_positions: int = MAX_PATTERN_POSITIONS) -> Plot:
+    """Which keys each query scores, per head (dilated heads differ by offset), shaded by multiplicity."""
+    name, title = "attention_patterns", "Attention patterns: which keys each query scores"
+    configs = _pattern_configs(frame)
+    if not configs:
+        return _skip(name, title, "no rows name a mechanism")
+    pictures = []
+    for config in configs:
+        try:
+            params = make_params(config["mechanism"], **config["params"])
+        except (TypeError, ValueError) as error:
+            pictures.append(dict(config, error=str(error)))
+            continue
+        seq_len = config["seq_len"] or max_positions
+        if isinstance(params, DilatedParams):
+            # Every head offset h mod r of the largest rate, up to MAX_PATTERN_HEADS panels.
+            distinct = math.lcm(*params.dilation_rates)
+            heads = min(distinct, config["heads"] or distinct, MAX_PATTERN_HEADS)
+            wanted = 2 * max(params.segment_lengths)
+        elif isinstance(params, SlidingWindowParams):
+            heads, wanted = 1, 4 * (params.left + params.right + 1)
+        else:
+            heads, wanted = 1, 32
+        positions = max(8, min(seq_len, wanted, max_positions))
+        causal = config["causal"] == {True}
+        pictures.append(dict(config, params_object=params, positions=positions, heads_shown=heads, causal=causal,
+                             grid=_pattern(params, positions, heads, causal)))
+    drawable = [p for p in pictures if "grid" in p]
+    if not drawable:
+        return _skip(name, title, "; ".join(f"{p['label']}: {p['error']}" for p in pictures))
+    top = max(int(p["grid"].max()) for p in drawable)
+    # White = not scored, then darker with each branch that scores the pair.
+    colours = ["#ffffff"] + list(sns.color_palette("Blues", top + 1).as_hex()[1:]) if top > 1 else ["#ffffff", "#2171b5"]
+    cmap = ListedColormap(colours)
+    norm = BoundaryNorm(np.arange(-0.5, top + 1.5), cmap.N)
+    panels = [(picture, head) for picture in drawable for head in range(picture["heads_shown"])]
+    columns = min(len(panels), MAX_PATTERN_HEADS)
+    rows = math.ceil(len(panels) / columns)
+    # Big enough for about 3 pixels per position, so a dilation grid does not alias into a blur.
+    side = max(2.8, max(p["positions"] for p in drawable) * 3 / DPI)
+    data = []
+    with _theme():
+        figure = _new_figure(side * columns + 1.2, (side + 0.7) * rows + 0.4)
+        axes = figure.subplots(rows, columns, squeeze=False).ravel()
+        image = None
+        for ax, (picture, head) in zip(axes, panels):
+            n = picture["positions"]
+            full = picture["seq_len"]
+            shown = f"positions 0-{n - 1}" + (f" of N={full}" if full and full > n else "")
+            grid = picture["grid"][head]
+            image = ax.imshow(grid, cmap=cmap, norm=norm, interpolation="nearest", origin="upper",
+                              extent=(-0.5, n - 0.5, n - 0.5, -0.5))
+            ax.grid(False)
+            head_text = f"head {head}" if isinstance(picture["params_object"], DilatedParams) else "every head"
+            ax.set_title(f"{picture['label']}{' causal' if picture['causal'] else ''}\n{head_text}; {shown}",
+                         fontsize="small")
+            ax.set_xlabel("key position")
+            ax.set_ylabel("query position")
+            data.append(dict(series=picture["label"], head=head, positions=n, scored_pairs=int((grid > 0).sum()),
+                             multiplicity_sum=int(grid.sum()), max_multiplicity=int(grid.max())))
+        for ax in axes[len(panels):]:
+            ax.set_visible(False)
+        if image is not None:
+            bar = figure.colorbar(image, ax=axes.tolist(), ticks=range(top + 1), shrink=0.5)
+            bar.set_label("branches scoring the pair (0 = not scored)")
+        figure.suptitle(title, fontsize="large")
+    plot = Plot(name=name, title=title, figure=figure, data=pd.DataFrame(data),
+                caption="Exact pattern from attention_impls.patterns for each configuration in the store, over "
+                        f"at most the first {max_positions} positions so single cells stay visible. Dilated: "
+                        "head h uses offset h mod r in each branch; a pair scored by c branches is shaded c.")
+    return _save(plot, out_dir)
+
+
+PLOTS = (plot_latency, plot_memory, plot_throughput, plot_retrieval_accuracy, plot_passkey_heatmap, plot_pareto,
+         plot_attention_patterns)
+
+
+def make_plots(frame: pd.DataFrame, out_dir: Path, palette: Palette | None = None) -> list[Plot]:
+    """Every plot of the report (skipped ones carry their reason); figures are closed after saving."""
+    palette = palette or Palette.from_frame(frame)
+    return [plot(frame, out_dir, palette) for plot in PLOTS]

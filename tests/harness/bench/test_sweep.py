@@ -1,0 +1,95 @@
+"""The speed job end to end in this process (isolation=inline): statuses as rows, resume, ladders, search."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from harness.bench.sweep import run_speed
+from harness.config import ConfigError, compose
+
+TINY = ["benchmark=quick", "benchmark.heads=2", "benchmark.head_dim=16", "benchmark.warmup=0",
+        "benchmark.min_run_time_s=0.002", "benchmark.min_repeats=2", "benchmark.correctness.seq_len=32",
+        "benchmark.ceiling.size=64", "benchmark.ceiling.min_run_time_s=0.002", "benchmark.isolation=inline",
+        "benchmark.threads=1"]  # one thread: on a loaded 2-core machine OpenMP's barrier waits dominate tiny calls
+
+
+def run(tmp_path, *overrides):
+    cfg = compose([*TINY, f"results_dir={tmp_path}", "name=t", *overrides])
+    return run_speed(cfg), pd.read_parquet(tmp_path / "t" / "results.parquet")
+
+
+def test_oom_and_nan_points_become_rows_and_the_sweep_goes_on(tmp_path):
+    rows, _ = run(tmp_path, "benchmark.seq_lens=[64,128,256]", "benchmark.passes=[forward]",
+                  "benchmark.fault_hook=shootout_faults:oom_from_128")
+    assert list(rows["status"]) == ["ok", "oom", "skipped"]  # 256 skipped: 128 already ran out of memory
+    assert "seq_len=128 already failed with status oom" in rows["reason"].iloc[2]
+    rows, stored = run(tmp_path, "benchmark.seq_lens=[64,128,256]", "benchmark.passes=[forward]",
+                       "benchmark.fault_hook=shootout_faults:nan_at_128", "attention=dense_math")
+    assert list(rows["status"]) == ["ok", "nan", "ok"]
+    assert set(stored["job_id"]) and len(stored) == 6
+
+
+def test_ok_rows_have_every_documented_column(tmp_path):
+    rows, stored = run(tmp_path, "benchmark.seq_lens=[64]", "attention=sliding_window_chunked",
+                       "attention.params.window=8")
+    assert (rows["status"] == "ok").all() and len(rows) == 2
+    row = stored.iloc[-1]
+    assert row["pass"] == "forward_backward" and row["executed_flops"] >= row["useful_flops"] > 0
+    assert row["flops_per_s"] == pytest.approx(row["useful_flops"] / row["latency_median_s"])
+    assert row["tokens_per_s"] == pytest.approx(64 / row["latency_median_s"])
+    assert row["fraction_of_peak"] == pytest.approx(row["flops_per_s"] / row["matmul_peak_flops_per_s"])
+    assert len(json.loads(row["latency_times_s"])) == row["latency_count"]
+    assert json.loads(row["params"]) == {"window": 8}
+    assert json.loads(row["config"])["attention"]["params"] == {"window": 8}
+    assert row["env_torch"] and row["env_threads"] >= 1 and row["mem_method"].startswith("cpu")
+
+
+def test_resume_skips_recorded_points_and_resume_false_measures_again(tmp_path):
+    first, _ = run(tmp_path, "benchmark.seq_lens=[64]", "benchmark.passes=[forward]")
+    again, stored = run(tmp_path, "benchmark.seq_lens=[64,96]", "benchmark.passes=[forward]")
+    assert list(again["seq_len"]) == [96]  # 64 is already in the store
+    assert len(stored) == 2 and stored["job_id"].nunique() == 2
+    forced, stored = run(tmp_path, "benchmark.seq_lens=[64]", "benchmark.passes=[forward]", "+resume=false")
+    assert forced["job_id"].iloc[0] != first["job_id"].iloc[0] and len(stored) == 3
+
+
+def test_unsupported_combination_is_a_row_not_a_crash(tmp_path):
+    # FlexAttention has no backward on CPU; the row says so and no compile happens.
+    rows, _ = run(tmp_path, "benchmark.seq_lens=[64]", "benchmark.passes=[forward_backward]",
+                  "attention=sliding_window_flex")
+    assert list(rows["status"]) == ["unsupported"] and "backward" in rows["reason"].iloc[0]
+
+
+def test_wrong_backend_is_recorded_and_not_timed(tmp_path):
+    rows, _ = run(tmp_path, "benchmark.seq_lens=[64]", "benchmark.passes=[forward]",
+                  "benchmark.fault_hook=shootout_faults:off_by_a_bit")
+    assert list(rows["status"]) == ["wrong"] and rows["latency_median_s"].isna().all()
+
+
+def test_max_seq_len_search_doubles_then_bisects(tmp_path):
+    rows, _ = run(tmp_path, "benchmark.passes=[forward]", "benchmark.max_seq_len.enabled=true",
+                  "benchmark.max_seq_len.start=64", "benchmark.max_seq_len.resolution=32",
+                  "benchmark.fault_hook=shootout_faults:oom_above_320")
+    probes = rows[rows["kind"] == "speed"]
+    assert list(probes["seq_len"]) == [64, 128, 256, 512, 384, 320, 352]
+    result = rows[rows["kind"] == "max_seq_len"].iloc[0]
+    assert result["max_seq_len"] == 320 and result["first_failing_seq_len"] == 352
+    assert result["limited_by"] == "oom"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["benchmark.min_repeats=-1"], "benchmark.min_repeats=-1 must be >= 1"),
+    (["benchmark.warmup=-2"], "benchmark.warmup=-2 must be >= 0"),
+    (["attention=dense_xformers"], "backend 'xformers' is unavailable here"),
+    (["attention=longnet_paper", "attention.params.dilation_rates=[2,2,4,6,12]"], "in no branch"),
+    (["attention=dense_reference", "benchmark.seq_lens=[65536]"], "too large for the float64 reference"),
+    (["benchmark.dtypes=[float8]"], "'float8' is not known"),
+    (["benchmark.device=cuda"], "CUDA is not available"),
+    (["attention=sliding_window_chunked", "+attention.params.windo=3"], "did you mean 'window'"),
+])
+def test_bad_input_is_a_config_error_before_anything_runs(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=None) as error:
+        run_speed(compose([*TINY, f"results_dir={tmp_path}", *overrides]), check_only=True)
+    assert message in str(error.value)
+    assert not (tmp_path / "default" / "parts").exists()

@@ -1,0 +1,98 @@
+"""Every file in conf/ composes against the structured schema, every preset plans, and bad input is refused."""
+
+import pytest
+
+from harness.__main__ import check, main
+from harness.config import CONF_DIR, ConfigError, compose, expand_overrides, group_options
+
+GROUPS = ["attention", "benchmark", "logger", "experiment"]
+
+
+def test_conf_holds_the_expected_options():
+    assert {"dense_sdpa", "dense_math", "dense_xformers", "dense_reference", "sliding_window_chunked",
+            "sliding_window_flex", "sliding_window_masked_sdpa", "sliding_window_xformers",
+            "sliding_window_reference", "dilated_gather", "dilated_flex", "dilated_xformers", "dilated_reference",
+            "longnet_paper"} <= set(group_options("attention"))
+    assert {"none", "wandb"} == set(group_options("logger"))
+    assert {"default", "longnet_scaling"} <= set(group_options("experiment"))
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in group_options(g)])
+def test_every_config_file_composes(group, option):
+    cfg = compose([f"{group}={option}"])
+    if group == "attention":
+        assert cfg.attention.name == option and cfg.attention.mechanism in option or option == "longnet_paper"
+    if group == "logger":
+        assert cfg.logger["_target_"].startswith("harness.loggers.")
+    if group == "experiment":
+        assert cfg.experiment == option == cfg.name
+
+
+@pytest.mark.parametrize("option", [o for o in group_options("attention") if "xformers" not in o])
+def test_every_runnable_attention_option_passes_the_checks(option, tmp_path):
+    check(compose([f"attention={option}", f"results_dir={tmp_path}", "benchmark.seq_lens=[4096]"]))
+
+
+@pytest.mark.parametrize("option", group_options("experiment"))
+def test_every_experiment_preset_passes_the_checks(option, tmp_path):
+    check(compose([f"experiment={option}", f"results_dir={tmp_path}"]))
+
+
+def test_experiment_default_compares_three_mechanisms():
+    cfg = compose(["experiment=default"])
+    mechanisms = [cfg.attention.mechanism] + [v.mechanism for v in cfg.variants.values()]
+    assert mechanisms == ["dense", "sliding_window", "dilated"]
+    assert set(cfg.benchmark.passes) == {"forward", "forward_backward"} and max(cfg.benchmark.seq_lens) <= 4096
+
+
+def test_typos_and_wrong_types_fail_composition():
+    with pytest.raises(ConfigError, match="seqlens"):
+        compose(["benchmark.seqlens=[1024]"])
+    with pytest.raises(ConfigError, match="warmup"):
+        compose(["benchmark.warmup=two"])
+    assert compose(["+resume=false"]).resume is False and compose(["resume=false"]).resume is False
+
+
+def test_unknown_option_lists_the_choices():
+    with pytest.raises(ConfigError) as error:
+        expand_overrides(["attention=dense_spda"], multirun=False)
+    assert "did you mean 'dense_sdpa'" in str(error.value) and "dilated_gather" in str(error.value)
+    with pytest.raises(ConfigError, match="sliding_window_fle"):
+        expand_overrides(["attention=dense_sdpa,sliding_window_fle"], multirun=True)
+
+
+def test_multirun_overrides_expand_to_one_job_each():
+    jobs = expand_overrides(["attention=dense_sdpa,dilated_gather", "benchmark.seq_lens=[64,128]"], multirun=True)
+    assert jobs == [["attention=dense_sdpa", "benchmark.seq_lens=[64,128]"],
+                    ["attention=dilated_gather", "benchmark.seq_lens=[64,128]"]]
+    with pytest.raises(ConfigError, match="--multirun"):
+        expand_overrides(["attention=dense_sdpa,dilated_gather"], multirun=False)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["attention=nope"], "attention=nope is not a config option; choose one of: dense_math"),
+    (["benchmark.min_repeats=-3"], "benchmark.min_repeats=-3 must be >= 1"),
+    (["attention=dense_xformers"], "unavailable here"),
+    (["benchmark.seqlens=[1]"], "seqlens"),
+    (["job=retrieval"], "job=retrieval is not known; choose one of: speed"),
+])
+def test_bad_command_lines_exit_2_with_one_line(argv, message, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["shootout", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("shootout: error: ") and message in err and "Traceback" not in err
+
+
+def test_unwritable_results_dir_exits_2(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("results cannot go under a file")  # unwritable even for root, unlike chmod
+    monkeypatch.setattr("sys.argv", ["shootout", f"results_dir={blocker / 'results'}"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2 and "is not writable" in capsys.readouterr().err
+
+
+def test_conf_dir_is_the_repository_conf():
+    assert (CONF_DIR / "config.yaml").is_file()

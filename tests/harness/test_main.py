@@ -1,0 +1,78 @@
+"""`python -m harness` as users run it: a two-point multirun end to end, and every preset shrunk."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.bench.sweep import run_speed
+from harness.config import compose, group_options
+
+REPO = Path(__file__).resolve().parents[2]
+SHRINK = ["benchmark.heads=2", "benchmark.head_dim=16", "benchmark.warmup=0", "benchmark.min_run_time_s=0.002",
+          "benchmark.min_repeats=2", "benchmark.correctness.seq_len=32", "benchmark.ceiling.size=64",
+          "benchmark.ceiling.min_run_time_s=0.002", "benchmark.threads=1", "benchmark.isolation=inline"]
+
+
+def test_two_point_multirun_end_to_end(tmp_path):
+    # inline measurement keeps this to one interpreter start; the process worker has its own test.
+    command = [sys.executable, "-m", "harness", "-m", "attention=dense_sdpa,dilated_gather", "benchmark=quick",
+               "benchmark.seq_lens=[64]", "benchmark.passes=[forward]", *SHRINK, f"results_dir={tmp_path}",
+               "name=e2e", f"hydra.sweep.dir={tmp_path}/multirun"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = pd.read_parquet(tmp_path / "e2e" / "results.parquet")
+    assert sorted(results["variant"]) == ["dense_sdpa", "dilated_gather"]
+    assert (results["status"] == "ok").all() and results["job_id"].nunique() == 2
+    assert (tmp_path / "e2e" / "results.csv").is_file()
+    assert "point 1/1" in done.stderr and "dilated_gather" in done.stderr  # progress bar and summary table
+
+
+@pytest.mark.parametrize("option", group_options("experiment"))
+def test_every_experiment_preset_runs_shrunk(option, tmp_path):
+    # forward_backward only: FlexAttention variants become `unsupported` rows on CPU instead of compiling.
+    shrink = ["benchmark.seq_lens=[64]", "benchmark.passes=[forward_backward]", "benchmark.causal=[false]",
+              "benchmark.max_seq_len.start=64", "benchmark.max_seq_len.limit=64", *SHRINK]
+    cfg = compose([f"experiment={option}", f"results_dir={tmp_path}", *shrink])
+    rows = run_speed(cfg)
+    variants = 1 + len(cfg.variants)
+    speed = rows[rows["kind"] == "speed"]
+    assert len(speed) == variants and set(speed["status"]) <= {"ok", "unsupported"}
+    assert (speed.loc[speed["backend"] != "flex", "status"] == "ok").all()
+
+
+WRITER = """
+import sys, time
+from harness.store import ResultsStore
+store = ResultsStore(sys.argv[1], "killed", job_id="writer")
+i = 0
+while True:
+    store.append({"kind": "speed", "status": "ok", "config_hash": str(i), "latency_times_s": list(range(200)),
+                  "padding": "x" * 20000})
+    store.consolidate()
+    i += 1
+    if i == 3:
+        print("writing", flush=True)
+"""
+
+
+def test_a_run_killed_mid_write_leaves_readable_results(tmp_path):
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        time.sleep(0.7)  # many appends and consolidations are in flight by now
+    finally:
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(30)
+    folder = tmp_path / "killed"
+    for path in [*folder.glob("*.parquet"), *folder.glob("parts/*.parquet")]:
+        frame = pd.read_parquet(path)
+        assert len(frame) >= 3 and list(frame["config_hash"]) == [str(i) for i in range(len(frame))]
+    for path in [*folder.glob("*.csv"), *folder.glob("parts/*.csv")]:
+        assert len(pd.read_csv(path)) >= 3
