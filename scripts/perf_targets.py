@@ -1,0 +1,235 @@
+"""Measure the performance targets of issue 6, each as a ratio taken within this one run.
+
+    python scripts/perf_targets.py                 # the full targets (CPU, float32, 2 threads): ~10-20 min
+    python scripts/perf_targets.py --skip-1m       # without the 1M-token run
+    python scripts/perf_targets.py --smoke         # tiny shapes: checks the script works (the test suite runs it)
+    python scripts/perf_targets.py --device cuda --dtype bfloat16   # the GPU variant
+
+Each target prints measured / target / pass and is stored as a `kind=perf_target` row in
+results/perf_targets/ (or --results-dir), like any other run. Timing, memory and the matmul ceiling are the
+runner's own (harness.bench.measure), so the numbers here mean what they mean in a shootout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+import attention_impls as ai
+from attention_impls.dilated_merge import plan
+from attention_impls.kernels import CpuFlashKernel, MathKernel, default_scale
+from attention_impls.registry import PRIORITY
+from harness.bench.measure import matmul_ceiling, peak_memory_bytes, time_call
+from harness.environment import fingerprint
+from harness.store import ResultsStore, config_hash
+
+DILATED = {"segment_lengths": [2048, 4096, 8192], "dilation_rates": [1, 2, 4]}
+PAPER = {"segment_lengths": [2048, 4096, 8192, 16384, 32768], "dilation_rates": [1, 2, 4, 6, 12]}
+SMOKE_DILATED = {"segment_lengths": [64, 128, 256], "dilation_rates": [1, 2, 4]}
+
+
+@dataclass
+class Sizes:
+    heads: int = 8
+    head_dim: int = 64
+    dilated_n: int = 32768
+    scaling_small_n: int = 32768
+    scaling_large_n: int = 1 << 20
+    window: int = 512
+    window_n: int = 16384
+    pick_n: int = 8192
+    min_run_time_s: float = 2.0
+    dilated: dict = None  # type: ignore[assignment]
+    paper: dict = None  # type: ignore[assignment]
+
+    def __post_init__(self):
+        self.dilated = self.dilated or DILATED
+        self.paper = self.paper or PAPER
+
+
+SMOKE = Sizes(heads=2, head_dim=16, dilated_n=1024, scaling_small_n=512, scaling_large_n=2048, window=32,
+              window_n=512, pick_n=512, min_run_time_s=0.05, dilated=SMOKE_DILATED, paper=SMOKE_DILATED)
+
+
+class Targets:
+    def __init__(self, args: argparse.Namespace, sizes: Sizes) -> None:
+        self.args, self.sizes = args, sizes
+        self.device = torch.device(args.device)
+        self.dtype = getattr(torch, args.dtype)
+        self.store = ResultsStore(args.results_dir, "perf_targets")
+        self.env = fingerprint(args.device)
+        self.results: list[dict[str, Any]] = []
+        ceiling = matmul_ceiling(args.device, args.dtype, size=2048 if not args.smoke else 256,
+                                 min_run_time_s=1.0 if not args.smoke else 0.05)
+        self.ceiling = ceiling["matmul_peak_flops_per_s"]
+        print(f"matmul ceiling: {self.ceiling / 1e9:.1f} GFLOP/s ({ceiling['matmul_method']})")
+
+    def inputs(self, seq_len: int, requires_grad: bool = False, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        shape = (1, seq_len, self.sizes.heads, self.sizes.head_dim)
+        return [torch.randn(shape, generator=generator).to(self.device, self.dtype).requires_grad_(requires_grad)
+                for _ in range(4)]
+
+    def time(self, call: Callable[[], Any], grad: bool = False) -> dict[str, Any]:
+        with torch.inference_mode(not grad):
+            call()  # warm-up (and compile)
+            return time_call(call, self.sizes.min_run_time_s, min_repeats=3)
+
+    def record(self, target: str, measured: float, limit: float, higher_is_better: bool, detail: str,
+               **columns: Any) -> None:
+        passed = measured >= limit if higher_is_better else measured <= limit
+        sign = ">=" if higher_is_better else "<="
+        print(f"{'PASS' if passed else 'FAIL'}  {target}: measured {measured:.3f}, target {sign} {limit}  ({detail})")
+        row = {"kind": "perf_target", "status": "ok", "target": target, "measured": measured, "limit": limit,
+               "comparison": sign, "passed": passed, "detail": detail, "device": self.args.device,
+               "dtype": self.args.dtype, "smoke": self.args.smoke, "matmul_peak_flops_per_s": self.ceiling,
+               **columns, **self.env}
+        row["config_hash"] = config_hash({"target": target, "smoke": self.args.smoke, "device": self.args.device,
+                                          "dtype": self.args.dtype, "run": self.store.job_id})
+        self.results.append(row)
+        self.store.append(row)
+
+    # -- target 1: the gather backend against its own kernels --------------------------------------------------
+    def dilated_gather(self) -> None:
+        sizes, n = self.sizes, self.sizes.dilated_n
+        attn = ai.build("dilated", "gather", **sizes.dilated)
+        q, k, v, grad_out = self.inputs(n)
+        kernel = CpuFlashKernel() if self.device.type == "cpu" else MathKernel()
+        scale = default_scale(sizes.head_dim, None)
+        gathered = [[piece.gather(x) for x in (q, k, v)] for piece in plan(attn.params, n, sizes.heads)]
+
+        def bare() -> None:
+            for branch in gathered:
+                kernel.forward(*branch, False, scale)
+
+        def forward() -> None:
+            attn(q, k, v)
+
+        # interleave the two so that a load change on a shared machine hits both alike
+        rounds = [(self.time(forward)["latency_median_s"], self.time(bare)["latency_median_s"]) for _ in range(3)]
+        t_forward = sorted(r[0] for r in rounds)[1]
+        t_bare = sorted(r[1] for r in rounds)[1]
+        self.record("dilated gather: time / bare sum of branch kernels", t_forward / t_bare, 1.05, False,
+                    f"N={n}, forward {t_forward * 1e3:.1f} ms, bare kernels {t_bare * 1e3:.1f} ms",
+                    seq_len=n, latency_median_s=t_forward)
+        flops = ai.useful_flops(attn.params, 1, n, sizes.heads, sizes.head_dim, causal=False)
+        self.record("dilated gather: useful FLOP/s / matmul ceiling", flops / t_forward / self.ceiling, 0.80, True,
+                    f"{flops / t_forward / 1e9:.1f} GFLOP/s useful", seq_len=n, flops_per_s=flops / t_forward)
+        del gathered
+        with torch.inference_mode():
+            peak, method = peak_memory_bytes(forward, self.device)
+        output_bytes = q.numel() * q.element_size()
+        self.record("dilated gather: peak memory above inputs / output size", peak / output_bytes, 3.0, False,
+                    f"{peak / 2**20:.0f} MiB above inputs, output {output_bytes / 2**20:.0f} MiB; {method}",
+                    seq_len=n, peak_mem_bytes=peak, mem_method=method)
+
+        q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+
+        def forward_backward() -> None:
+            torch.autograd.grad(attn(q, k, v), (q, k, v), grad_out)
+
+        t_both = self.time(forward_backward, grad=True)["latency_median_s"]
+        t_forward = self.time(forward)["latency_median_s"]
+        self.record("dilated gather: forward+backward / forward", t_both / t_forward, 3.5, False,
+                    f"fwd+bwd {t_both * 1e3:.1f} ms, fwd {t_forward * 1e3:.1f} ms", seq_len=n)
+
+    # -- target 2: linear scaling of the paper's configuration -------------------------------------------------
+    def dilated_scaling(self) -> None:
+        sizes = self.sizes
+        attn = ai.build("dilated", "gather", **sizes.paper)
+        per_token = {}
+        for n in (sizes.scaling_small_n, sizes.scaling_large_n):
+            q, k, v, _ = self.inputs(n)
+            with torch.inference_mode():
+                if n == sizes.scaling_large_n:  # one call at 1M is minutes: time a few, keep them all
+                    timing = time_call(lambda: attn(q, k, v), min_run_time_s=0.0, min_repeats=2)
+                else:
+                    timing = self.time(lambda: attn(q, k, v))
+            per_token[n] = timing["latency_median_s"] / n
+            print(f"  dilated paper config N={n}: {timing['latency_median_s']:.2f} s, "
+                  f"{per_token[n] * 1e6:.2f} us/token")
+            del q, k, v
+        small, large = sizes.scaling_small_n, sizes.scaling_large_n
+        self.record(f"dilated paper config: time per token at N={large} / at N={small}",
+                    per_token[large] / per_token[small], 1.10, False,
+                    f"{per_token[large] * 1e6:.2f} vs {per_token[small] * 1e6:.2f} us/token", seq_len=large)
+
+    # -- target 3: sliding window against dense SDPA ------------------------------------------------------------
+    def sliding_window(self) -> None:
+        sizes, n = self.sizes, self.sizes.window_n
+        window = ai.build("sliding_window", PRIORITY[("sliding_window", self.device.type)][0], window=sizes.window)
+        dense = ai.build("dense", "sdpa")
+        for grad in (False, True):
+            q, k, v, grad_out = self.inputs(n, requires_grad=grad)
+
+            def run(attn):
+                if grad:
+                    return lambda: torch.autograd.grad(attn(q, k, v, causal=True), (q, k, v), grad_out)
+                return lambda: attn(q, k, v, causal=True)
+
+            rates = {}
+            for name, attn in (("window", window), ("dense", dense)):
+                seconds = self.time(run(attn), grad=grad)["latency_median_s"]
+                rates[name] = ai.useful_flops(attn.params, 1, n, sizes.heads, sizes.head_dim, True, grad) / seconds
+            label = "forward+backward" if grad else "forward"
+            self.record(f"sliding window ({window.backend}) useful FLOP/s / dense SDPA's, {label}",
+                        rates["window"] / rates["dense"], 0.60, True,
+                        f"window {sizes.window} causal N={n}: {rates['window'] / 1e9:.1f} vs "
+                        f"{rates['dense'] / 1e9:.1f} GFLOP/s", seq_len=n)
+
+    # -- target 4: backend=None picks the fastest ----------------------------------------------------------------
+    def auto_pick(self) -> None:
+        sizes, n = self.sizes, self.sizes.pick_n
+        params = {"dense": {}, "sliding_window": {"window": sizes.window}, "dilated": sizes.dilated}
+        q, k, v, _ = self.inputs(n)
+        for mechanism in ai.MECHANISMS:
+            times = {}
+            for info in ai.backends(mechanism):
+                cls = ai.registry.REGISTRY[mechanism][info.name]
+                if info.name == "reference" or cls.not_supported_reasons(self.device, self.dtype, True, False):
+                    continue
+                if self.args.smoke and cls.needs_compile:
+                    continue  # compiling is seconds per shape: the smoke run only checks the script works
+                attn = ai.build(mechanism, info.name, **params[mechanism])
+                times[info.name] = self.time(lambda: attn(q, k, v, causal=True))["latency_median_s"]
+            picked = ai.build(mechanism, **params[mechanism])
+            with torch.inference_mode():
+                picked(q, k, v, causal=True)
+            fastest = min(times, key=times.get)
+            listing = ", ".join(f"{name} {t * 1e3:.1f} ms" for name, t in sorted(times.items(), key=lambda x: x[1]))
+            self.record(f"backend=None for {mechanism}: picked time / fastest time",
+                        times[picked.backend] / times[fastest], 1.0 + 0.1, False,
+                        f"picked {picked.backend}; causal forward N={n}: {listing}", seq_len=n)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes: check that the script works")
+    parser.add_argument("--skip-1m", action="store_true", help="skip the 1M-token scaling target")
+    parser.add_argument("--only", choices=["dilated_gather", "dilated_scaling", "sliding_window", "auto_pick"],
+                        action="append", help="run only these targets (repeatable)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results-dir", default="results")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    targets = Targets(args, SMOKE if args.smoke else Sizes())
+    chosen = args.only or ["dilated_gather", "dilated_scaling", "sliding_window", "auto_pick"]
+    if args.skip_1m and "dilated_scaling" in chosen:
+        chosen.remove("dilated_scaling")
+    for name in chosen:
+        getattr(targets, name)()
+    targets.store.consolidate()
+    failed = [r["target"] for r in targets.results if not r["passed"]]
+    print(f"{len(targets.results) - len(failed)} of {len(targets.results)} targets met; rows in {targets.store.dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
