@@ -31,6 +31,7 @@ class Piece:
     length: int
     offset: int
     rate: int
+    branch: int = 0  # index of the (segment, rate) pair; pieces of one branch never overlap
 
     def view(self, x_BNHD: torch.Tensor) -> torch.Tensor:
         """Strided view (B, num_segments, m, Hs, D) of a contiguous (B, N, H, D) tensor."""
@@ -65,13 +66,13 @@ class Piece:
 
 def plan(params: DilatedParams, seq_len: int, num_heads: int) -> list[Piece]:
     pieces = []
-    for segment, rate in params.branches(seq_len):
+    for branch, (segment, rate) in enumerate(params.branches(seq_len)):
         full_segments, tail = divmod(seq_len, segment)
         for offset in range(min(rate, num_heads)):
             if full_segments and offset < segment:
-                pieces.append(Piece(0, full_segments, segment, offset, rate))
+                pieces.append(Piece(0, full_segments, segment, offset, rate, branch))
             if tail > offset:
-                pieces.append(Piece(full_segments * segment, 1, tail, offset, rate))
+                pieces.append(Piece(full_segments * segment, 1, tail, offset, rate, branch))
     return pieces
 
 
@@ -80,12 +81,21 @@ def dilated_forward(q, k, v, params: DilatedParams, kernel: LseKernel, causal: b
     batch, seq_len, num_heads, head_dim = q.shape
     scale = default_scale(head_dim, params.scale)
     acc_dtype = torch.promote_types(q.dtype, torch.float32)
-    out_acc = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
-    lse_acc = torch.full((batch, num_heads, seq_len), float("-inf"), dtype=acc_dtype, device=q.device)
+    lse_shape = (batch, num_heads, seq_len)
+    if params.dilation_rates[0] == 1:  # the first branch writes every (position, head): nothing to initialise
+        out_acc = torch.empty(q.shape, dtype=acc_dtype, device=q.device)
+        lse_acc = torch.empty(lse_shape, dtype=acc_dtype, device=q.device)
+    else:
+        out_acc = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
+        lse_acc = torch.full(lse_shape, float("-inf"), dtype=acc_dtype, device=q.device)
     for piece in plan(params, seq_len, num_heads):
         out_part, lse_part = kernel.forward(piece.gather(q), piece.gather(k), piece.gather(v), causal, scale)
-        merge_lse_into(piece.view(out_acc), piece.lse_view(lse_acc),
-                    piece.unbatch(out_part, batch), piece.unbatch_lse(lse_part.to(acc_dtype), batch))
+        out_part, lse_part = piece.unbatch(out_part, batch), piece.unbatch_lse(lse_part, batch)
+        if piece.branch == 0:  # first writer of its positions: a merge with "nothing yet" is a copy
+            piece.view(out_acc).copy_(out_part)
+            piece.lse_view(lse_acc).copy_(lse_part)
+        else:
+            merge_lse_into(piece.view(out_acc), piece.lse_view(lse_acc), out_part, lse_part.to(acc_dtype))
     return out_acc.to(q.dtype), lse_acc
 
 

@@ -44,7 +44,8 @@ def shapes(draw):
 def dilated_params(draw):
     count = draw(st.integers(1, 3))
     segments = draw(st.lists(st.integers(1, 40), min_size=count, max_size=count))
-    rates = [1] + draw(st.lists(st.integers(1, 6), min_size=count - 1, max_size=count - 1))
+    rates = draw(st.lists(st.integers(1, 6), min_size=count - 1, max_size=count - 1))
+    rates.insert(draw(st.integers(0, count - 1)), 1)  # a rate-1 branch covers every (position, head), anywhere
     return {"segment_lengths": segments, "dilation_rates": rates}
 
 
