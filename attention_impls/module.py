@@ -2,11 +2,13 @@
 
 Same constructor and forward signature, same parameter names (in_proj_weight, in_proj_bias, out_proj), so a
 state_dict moves between the two and `nn.TransformerEncoderLayer(...).self_attn` can be swapped for it.
+One addition: `qk_transform(q, k) -> (q, k)` on (batch, seq, heads, head_dim) tensors between projection and
+attention, where position encodings such as rotary belong.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,7 @@ class MultiheadAttention(nn.Module):
         *,
         mechanism: str = "dense",
         backend: str | None = None,
+        qk_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
         **params: Any,
     ) -> None:
         super().__init__()
@@ -51,6 +54,7 @@ class MultiheadAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **factory)) if bias else None
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
         self.attention = build(mechanism, backend, **params)
+        self.qk_transform = qk_transform  # an nn.Module here is registered as a submodule
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -94,6 +98,8 @@ class MultiheadAttention(nn.Module):
         q = F.linear(query, w_q, b_q).view(shape_BNHD)
         k = F.linear(key, w_k, b_k).view(batch, key.shape[1], self.num_heads, self.head_dim)
         v = F.linear(value, w_v, b_v).view(batch, value.shape[1], self.num_heads, self.head_dim)
+        if self.qk_transform is not None:
+            q, k = self.qk_transform(q, k)
         out = self.attention(q, k, v, causal=is_causal).reshape(batch, seq_len, self.embed_dim)
         out = self.out_proj(out)
         if unbatched:

@@ -11,29 +11,13 @@ with code 2.
 from __future__ import annotations
 
 import sys
-from typing import Callable
-
 import hydra
 from omegaconf import DictConfig
 
-from .config import ConfigError, compose, expand_overrides, normalize_overrides, register_configs
-from .bench import run_speed
-
-# job name -> run(cfg, check_only=False). check_only validates (raising ConfigError) without running anything.
-JOBS: dict[str, Callable[..., object]] = {
-    "speed": run_speed,
-}
+from .config import CONF_DIR, ConfigError, compose, expand_overrides, normalize_overrides, register_configs
+from .run import check, run
 
 USAGE_EXIT_CODE = 2
-
-
-def check(cfg: DictConfig) -> Callable[..., object]:
-    """The job function for cfg.job, after it has validated cfg."""
-    if cfg.job not in JOBS:
-        raise ConfigError(f"job={cfg.job} is not known; choose one of: {', '.join(JOBS)}")
-    job = JOBS[cfg.job]
-    job(cfg, check_only=True)
-    return job
 
 
 def _fail(error: ConfigError) -> None:
@@ -41,13 +25,13 @@ def _fail(error: ConfigError) -> None:
     sys.exit(USAGE_EXIT_CODE)
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
-        job = check(cfg)
+        jobs = check(cfg)
     except ConfigError as error:
         _fail(error)
-    job(cfg)
+    run(cfg, jobs)
 
 
 def _precheck(argv: list[str]) -> None:

@@ -19,8 +19,10 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from .retrieval.config import EvalConfig, ModelConfig, ProbeConfig, TaskConfig, TrainConfig
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("attention", "benchmark", "logger", "experiment")
+GROUPS = ("attention", "benchmark", "logger", "task", "model", "train", "experiment")
 
 
 class ConfigError(ValueError):
@@ -102,7 +104,8 @@ class BenchmarkConfig:
 
 @dataclass
 class ShootoutConfig:
-    job: str = "speed"  # what the run does; see harness.__main__.JOBS
+    # What the run does, in order; see harness.run.JOBS (speed, probe, retrieval). One W&B run, one report.
+    jobs: List[str] = field(default_factory=lambda: ["speed"])
     # Set by the experiment preset; `experiment` is also the preset group, so the CLI cannot set this key:
     # use `name=...` to file an ad hoc run under another folder.
     experiment: str = "default"
@@ -114,6 +117,14 @@ class ShootoutConfig:
     # More variants measured in the same run, after `attention` (name -> variant; experiments fill it).
     variants: Dict[str, AttentionConfig] = field(default_factory=dict)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    # The retrieval jobs' sections (harness/retrieval/config.py): the synthetic task, the tiny decoder, its
+    # training and held-out evaluation, and the training-free probe.
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    report: bool = True  # write results/<name>/report.md and report.html at the end of the run
     logger: Dict[str, Any] = field(default_factory=lambda: {"_target_": "harness.loggers.NullLogger"})
 
 

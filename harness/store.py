@@ -107,6 +107,11 @@ class ResultsStore:
             return pd.DataFrame(columns=list(BASE_COLUMNS))
         return pd.concat(frames, ignore_index=True, sort=False)
 
+    def read_job(self) -> pd.DataFrame:
+        """This job's rows only."""
+        frame = self.read()
+        return frame[frame["job_id"] == self.job_id].reset_index(drop=True) if not frame.empty else frame
+
     def done_hashes(self, statuses: tuple[str, ...] = ("ok", "wrong", "unsupported", "oom", "timeout", "nan")) -> set[str]:
         """config_hash of points already recorded with a final status (resume skips these)."""
         frame = self.read()

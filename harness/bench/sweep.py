@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,7 +25,7 @@ from attention_impls.registry import get_backend_class
 
 from .. import environment
 from ..config import ConfigError
-from ..store import ResultsStore, config_hash, default_job_id
+from ..store import ResultsStore, config_hash
 from .flops import point_flops
 from .measure import DTYPES, PASSES, Point
 from .worker import Worker
@@ -156,10 +155,6 @@ def plan_speed(cfg: DictConfig) -> SpeedPlan:
                             device=device, seed=cfg.seed, warmup=bench.warmup,
                             min_run_time_s=bench.min_run_time_s, min_repeats=bench.min_repeats,
                             threads=bench.threads, gate=gate, fault_hook=bench.fault_hook))
-    try:
-        ResultsStore(cfg.results_dir, cfg.name).check_writable()
-    except PermissionError as error:
-        raise ConfigError(f"results_dir={cfg.results_dir}: {error}") from None
     return SpeedPlan(variants=variants, device=device, points=points, search=search)
 
 
@@ -384,18 +379,12 @@ def run_search(run: SpeedRun, progress) -> None:
         run.rows.append(row)
 
 
-def _job_name() -> tuple[str, int | None]:
-    from hydra.core.hydra_config import HydraConfig
+def run_speed(cfg: DictConfig, store: ResultsStore | None = None, logger: Any = None,
+              check_only: bool = False) -> pd.DataFrame | None:
+    """Measure every point of the config into `store`; returns this job's rows (None with check_only).
 
-    if HydraConfig.initialized():
-        job = HydraConfig.get().job
-        return (job.override_dirname or job.name), (job.get("num") if "num" in job else None)
-    return "speed", None
-
-
-def run_speed(cfg: DictConfig, check_only: bool = False) -> pd.DataFrame | None:
-    """Measure every point of the config; returns this job's rows (None with check_only)."""
-    from hydra.utils import instantiate
+    harness.run owns the store and the logger (one per Hydra job) and calls this between start and finish.
+    """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.progress import TimeRemainingColumn
@@ -403,34 +392,25 @@ def run_speed(cfg: DictConfig, check_only: bool = False) -> pd.DataFrame | None:
     plan = plan_speed(cfg)
     if check_only:
         return None
-    job_name, job_num = _job_name()
-    job_id = f"{default_job_id()}-{'' if job_num is None else f'j{job_num}-'}{uuid.uuid4().hex[:6]}"
-    store = ResultsStore(cfg.results_dir, cfg.name, job_id=job_id)
     console = Console(stderr=True)
     if not console.is_terminal:
         console.width = max(console.width, 200)  # logs and CI: do not squeeze the summary into 80 columns
-    logger = instantiate(cfg.logger)
     run = None
     started = time.perf_counter()
     try:
-        logger.start(OmegaConf.to_container(cfg, resolve=True), cfg.name, job_name)
         run = SpeedRun(cfg, plan, store, logger)
         columns = [TextColumn("[bold]point"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}"),
                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
         with Progress(*columns, console=console, transient=False) as progress:
             (run_search if plan.search else run_grid)(run, progress)
-        frame = store.consolidate() if run.rows else store.read()
         job_rows = pd.DataFrame(run.rows)
         if not job_rows.empty:
             logger.log_rows(job_rows, name="speed")
-            logger.log_files([store.dir / "results.parquet", store.dir / "results.csv"], name="results")
         console.print(summary_table(job_rows, run.skipped_resume, store, time.perf_counter() - started))
-        del frame
         return job_rows
     finally:
         if run is not None:
             run.worker.close()
-        logger.finish()
 
 
 def summary_table(rows: pd.DataFrame, skipped_resume: int, store: ResultsStore, elapsed_s: float):

@@ -54,3 +54,25 @@ def test_unsupported_arguments_are_clear_errors():
         mha(x, x, x)
     with pytest.raises(ValueError, match="key_padding_mask is not supported"):
         mha(x, x, x, key_padding_mask=torch.zeros(1, 4, dtype=torch.bool), need_weights=False)
+
+
+def test_qk_transform_runs_between_projection_and_attention():
+    seen = {}
+
+    def swap_heads(q, k):  # a transform the output must reflect: attend with k negated
+        seen["shape"] = tuple(q.shape)
+        return q, -k
+
+    torch.manual_seed(0)
+    plain = ai.MultiheadAttention(8, 2, mechanism="dense")
+    transformed = ai.MultiheadAttention(8, 2, mechanism="dense", qk_transform=swap_heads)
+    transformed.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 6, 8)
+    out_plain = plain(x, x, x, need_weights=False)[0]
+    out_transformed = transformed(x, x, x, need_weights=False)[0]
+    assert seen["shape"] == (1, 6, 2, 4)
+    assert not torch.allclose(out_plain, out_transformed)
+    # negating k is the same as negating the key projection's weights
+    with torch.no_grad():
+        plain.in_proj_weight[8:16].neg_()
+    torch.testing.assert_close(plain(x, x, x, need_weights=False)[0], out_transformed)

@@ -1,6 +1,8 @@
 """Every file in conf/ composes against the structured schema, every preset plans, and bad input is refused."""
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
 from harness.__main__ import check, main
 from harness.config import CONF_DIR, ConfigError, compose, expand_overrides, group_options
@@ -35,7 +37,12 @@ def test_every_runnable_attention_option_passes_the_checks(option, tmp_path):
 
 @pytest.mark.parametrize("option", group_options("experiment"))
 def test_every_experiment_preset_passes_the_checks(option, tmp_path):
-    check(compose([f"experiment={option}", f"results_dir={tmp_path}"]))
+    overrides = [f"experiment={option}", f"results_dir={tmp_path}"]
+    if not torch.cuda.is_available():  # a GPU preset is checked here as it would be on a GPU, but on the CPU
+        cfg = compose(overrides)
+        overrides += [f"{key}=cpu" for key in ("train.device", "probe.device", "benchmark.device")
+                      if str(OmegaConf.select(cfg, key)).startswith("cuda")]
+    check(compose(overrides))
 
 
 def test_experiment_default_compares_three_mechanisms():
@@ -74,7 +81,7 @@ def test_multirun_overrides_expand_to_one_job_each():
     (["benchmark.min_repeats=-3"], "benchmark.min_repeats=-3 must be >= 1"),
     (["attention=dense_xformers"], "unavailable here"),
     (["benchmark.seqlens=[1]"], "seqlens"),
-    (["job=retrieval"], "job=retrieval is not known; choose one of: speed"),
+    (["jobs=[speed,retreival]"], "['retreival'] not known; choose from: speed, probe, retrieval"),
 ])
 def test_bad_command_lines_exit_2_with_one_line(argv, message, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["shootout", *argv])
@@ -96,3 +103,12 @@ def test_unwritable_results_dir_exits_2(tmp_path, monkeypatch, capsys):
 
 def test_conf_dir_is_the_repository_conf():
     assert (CONF_DIR / "config.yaml").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_gpu_preset_without_cuda_exits_2_naming_the_key(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["shootout", "experiment=retrieval"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert "train.device=cuda but CUDA is not available" in capsys.readouterr().err

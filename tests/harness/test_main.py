@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.bench.sweep import run_speed
 from harness.config import compose, group_options
+from harness.run import run
 
 REPO = Path(__file__).resolve().parents[2]
 SHRINK = ["benchmark.heads=2", "benchmark.head_dim=16", "benchmark.warmup=0", "benchmark.min_run_time_s=0.002",
@@ -33,17 +33,29 @@ def test_two_point_multirun_end_to_end(tmp_path):
     assert "point 1/1" in done.stderr and "dilated_gather" in done.stderr  # progress bar and summary table
 
 
+RETRIEVAL_SHRINK = ["train.max_steps=2", "train.eval_every=1", "train.val_sequences=8", "train.batch_size=4",
+                    "train.progress=false", "train.device=cpu", "eval.seq_lens=[]", "eval.sequences=8", "eval.batch_size=8",
+                    "probe.seq_len=64", "probe.heads=2", "probe.head_dim=16"]
+
+
 @pytest.mark.parametrize("option", group_options("experiment"))
 def test_every_experiment_preset_runs_shrunk(option, tmp_path):
     # forward_backward only: FlexAttention variants become `unsupported` rows on CPU instead of compiling.
     shrink = ["benchmark.seq_lens=[64]", "benchmark.passes=[forward_backward]", "benchmark.causal=[false]",
-              "benchmark.max_seq_len.start=64", "benchmark.max_seq_len.limit=64", *SHRINK]
+              "benchmark.max_seq_len.start=64", "benchmark.max_seq_len.limit=64", *SHRINK, *RETRIEVAL_SHRINK,
+              "report=false"]
     cfg = compose([f"experiment={option}", f"results_dir={tmp_path}", *shrink])
-    rows = run_speed(cfg)
+    rows = run(cfg).read_job()
     variants = 1 + len(cfg.variants)
-    speed = rows[rows["kind"] == "speed"]
-    assert len(speed) == variants and set(speed["status"]) <= {"ok", "unsupported"}
-    assert (speed.loc[speed["backend"] != "flex", "status"] == "ok").all()
+    assert set(rows["kind"]) >= {"probe" if job == "probe" else job for job in cfg.jobs}
+    assert set(rows["status"]) <= {"ok", "unsupported"}, rows.loc[rows["status"] != "ok", "reason"].tolist()
+    if "speed" in cfg.jobs:
+        speed = rows[rows["kind"] == "speed"]
+        assert len(speed) == variants
+        assert (speed.loc[speed["backend"] != "flex", "status"] == "ok").all()
+    for kind in ("probe", "retrieval"):
+        if kind in cfg.jobs:
+            assert rows.loc[rows["kind"] == kind, "name"].nunique() == variants
 
 
 WRITER = """

@@ -7,6 +7,7 @@ import pytest
 
 from harness.bench.sweep import run_speed
 from harness.config import ConfigError, compose
+from harness.run import run as run_job
 
 TINY = ["benchmark=quick", "benchmark.heads=2", "benchmark.head_dim=16", "benchmark.warmup=0",
         "benchmark.min_run_time_s=0.002", "benchmark.min_repeats=2", "benchmark.correctness.seq_len=32",
@@ -16,7 +17,8 @@ TINY = ["benchmark=quick", "benchmark.heads=2", "benchmark.head_dim=16", "benchm
 
 def run(tmp_path, *overrides):
     cfg = compose([*TINY, f"results_dir={tmp_path}", "name=t", *overrides])
-    return run_speed(cfg), pd.read_parquet(tmp_path / "t" / "results.parquet")
+    store = run_job(cfg)
+    return store.read_job(), pd.read_parquet(tmp_path / "t" / "results.parquet")
 
 
 def test_oom_and_nan_points_become_rows_and_the_sweep_goes_on(tmp_path):

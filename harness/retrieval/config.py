@@ -1,0 +1,300 @@
+"""Structured configs of the retrieval experiments: `task`, `model`, `train`, `eval` and the training-free `probe`.
+
+Each dataclass backs one config group under conf/ (task/, model/, train/; eval and probe live in the experiment
+presets), so a misspelt key fails at composition. `validate()` checks the values against each other and raises
+`RetrievalConfigError` naming the value and what is allowed, before any tensor is made:
+
+    cfg = RetrievalConfig(task=TaskConfig(name="passkey", seq_len=64, key_len=40))
+    cfg.validate()   # RetrievalConfigError: task.key_len=40 does not fit task.seq_len=64 ...
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, List, Optional
+
+TASKS = ("mqar", "passkey")
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+# Token ids shared by both tasks: three specials, then the key, value and filler vocabularies (tasks.py).
+NUM_SPECIAL_TOKENS = 3
+
+
+class RetrievalConfigError(ValueError):
+    """A retrieval config that cannot work, found before training starts."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise RetrievalConfigError(message)
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+             f"{name}={value!r} must be an int >= {minimum}")
+
+
+@dataclass
+class TaskConfig:
+    """A synthetic retrieval task, generated on the fly from the seed.
+
+    mqar: `num_pairs` key-value pairs (key then value, adjacent) scattered over filler; `num_queries` of the keys
+    appear again later, and at each query the model must predict that key's value. The gap, query position minus
+    key position, is drawn uniformly from [min_gap, max_gap] per query and recorded.
+    passkey: random filler tokens, a marker followed by a `key_len`-token key at relative depth d in [0, 1] of the
+    context (0 = first token, 1 = just before the question), then a question marker after which the model must
+    produce the key (scored as exact match of all key tokens).
+    """
+
+    name: str = "mqar"  # mqar | passkey
+    seq_len: int = 128  # training sequence length (passkey: context length, question and answer included)
+    num_keys: int = 32  # key vocabulary (passkey: the key-token vocabulary)
+    num_values: int = 32  # value vocabulary (mqar; chance = 1 / num_values)
+    # mqar
+    num_pairs: int = 8
+    num_queries: Optional[int] = None  # None: every pair is queried
+    min_gap: int = 2  # the query can come no earlier than right after the value
+    max_gap: Optional[int] = None  # None: as far as the sequence allows (seq_len - 1)
+    # passkey
+    key_len: int = 4
+    filler_vocab: int = 32
+
+    def vocab_size(self) -> int:
+        return NUM_SPECIAL_TOKENS + self.num_keys + self.num_values + self.filler_vocab
+
+    def queries(self) -> int:
+        return self.num_pairs if self.num_queries is None else self.num_queries
+
+    def gap_range(self, seq_len: int) -> tuple[int, int]:
+        """[min_gap, max_gap] used at `seq_len` (max_gap=None: the largest that fits)."""
+        longest = seq_len - 1
+        return self.min_gap, longest if self.max_gap is None else min(self.max_gap, longest)
+
+    def validate(self, seq_len: Optional[int] = None, where: str = "task.seq_len") -> None:
+        """Check the task on its own, or at another length (`seq_len`, named `where` in messages)."""
+        _require(self.name in TASKS, f"task.name={self.name!r} is not known; choose one of {list(TASKS)}")
+        n = self.seq_len if seq_len is None else seq_len
+        _positive_int(where, n, 2)
+        _positive_int("task.num_keys", self.num_keys)
+        _positive_int("task.num_values", self.num_values)
+        _positive_int("task.filler_vocab", self.filler_vocab)
+        if self.name == "mqar":
+            _positive_int("task.num_pairs", self.num_pairs)
+            _require(self.num_pairs <= self.num_keys,
+                     f"task.num_pairs={self.num_pairs} exceeds task.num_keys={self.num_keys}: keys in one "
+                     f"sequence are distinct, so at most num_keys pairs")
+            q = self.queries()
+            _positive_int("task.num_queries", q)
+            _require(q <= self.num_pairs, f"task.num_queries={q} exceeds task.num_pairs={self.num_pairs} "
+                                          f"(each pair is queried at most once)")
+            # Pairs and queries are placed at random free positions; keeping them to half the sequence leaves
+            # room to place every one at its drawn gap.
+            _require(2 * self.num_pairs + q <= n // 2,
+                     f"task.num_pairs={self.num_pairs} pairs (2 tokens each) and {q} queries need "
+                     f"{2 * self.num_pairs + q} positions, more than fit in {where}={n} (at most half of it, "
+                     f"{n // 2}, may hold pairs and queries)")
+            _positive_int("task.min_gap", self.min_gap, 2)
+            if self.max_gap is not None:
+                _require(self.max_gap >= self.min_gap,
+                         f"task.max_gap={self.max_gap} must be >= task.min_gap={self.min_gap}")
+            _require(self.min_gap <= n - 1,
+                     f"task.min_gap={self.min_gap} does not fit {where}={n} (largest gap: {n - 1})")
+        else:
+            _positive_int("task.key_len", self.key_len)
+            _require(2 * self.key_len + 1 <= n,
+                     f"task.key_len={self.key_len} is too long for {where}={n}: the context holds the marked "
+                     f"key ({self.key_len + 1} tokens) and the question with its answer ({self.key_len} tokens), "
+                     f"so key_len <= {(n - 1) // 2}")
+
+
+@dataclass
+class ModelConfig:
+    """A nanoGPT-style decoder: pre-norm blocks of attention (rotary q/k) and a GELU MLP."""
+
+    layers: int = 2
+    d_model: int = 64
+    heads: int = 4
+    mlp_ratio: int = 4  # 0: attention-only blocks
+    rotary_base: float = 10000.0
+    token_shift: bool = False  # mix each position with its predecessor before attention (model.TokenShift)
+
+    def validate(self) -> None:
+        _positive_int("model.layers", self.layers)
+        _positive_int("model.heads", self.heads)
+        _positive_int("model.d_model", self.d_model)
+        _positive_int("model.mlp_ratio", self.mlp_ratio, 0)
+        _require(self.d_model % self.heads == 0,
+                 f"model.d_model={self.d_model} must be a multiple of model.heads={self.heads}")
+        _require((self.d_model // self.heads) % 2 == 0,
+                 f"model.d_model / model.heads = {self.d_model // self.heads} must be even (rotary rotates pairs)")
+        _require(self.rotary_base > 1, f"model.rotary_base={self.rotary_base} must be > 1")
+
+
+@dataclass
+class TrainConfig:
+    """AdamW until the validation accuracy reaches `target_accuracy`, or `max_steps`, or `max_seconds`.
+
+    Stopping on steps or target accuracy is reproducible; `max_seconds` is a safety cap that depends on the machine
+    (rows record which criterion stopped the run).
+    """
+
+    max_steps: int = 1500
+    max_seconds: float = 300.0
+    target_accuracy: float = 1.0  # validation accuracy that ends training early (> 1 disables)
+    batch_size: int = 64
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio at max_steps
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 100  # steps between validation passes (which also check target_accuracy)
+    val_sequences: int = 256
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: Optional[int] = None  # torch.set_num_threads during the run; None keeps the current setting
+    progress: bool = True
+
+    def validate(self) -> None:
+        _positive_int("train.max_steps", self.max_steps)
+        _positive_int("train.batch_size", self.batch_size)
+        _positive_int("train.eval_every", self.eval_every)
+        _positive_int("train.val_sequences", self.val_sequences)
+        _positive_int("train.warmup_steps", self.warmup_steps, 0)
+        _positive_int("train.seed", self.seed, 0)
+        _require(self.max_seconds > 0, f"train.max_seconds={self.max_seconds} must be > 0")
+        _require(self.lr > 0 and math.isfinite(self.lr), f"train.lr={self.lr} must be a positive number")
+        _require(0 <= self.min_lr_ratio <= 1, f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        _require(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be >= 0")
+        _require(self.grad_clip > 0, f"train.grad_clip={self.grad_clip} must be > 0")
+        _require(self.target_accuracy > 0, f"train.target_accuracy={self.target_accuracy} must be > 0")
+        _require(self.dtype in DTYPES, f"train.dtype={self.dtype!r} is not one of {list(DTYPES)}")
+        _require(self.device == "cpu" or self.device.startswith("cuda"),
+                 f"train.device={self.device!r} must be 'cpu' or 'cuda[:i]'")
+        if self.threads is not None:
+            _positive_int("train.threads", self.threads)
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation (sequences drawn from a seed stream the training never sees)."""
+
+    seq_lens: List[int] = field(default_factory=list)  # mqar lengths / passkey context lengths; [] = task.seq_len
+    depths: List[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])  # passkey only
+    sequences: int = 256  # per mqar length; per (context length, depth) for passkey
+    batch_size: int = 64
+    # Lower edges of the distance buckets (the last bucket runs to the longest distance); [] = 1, 2, 4, 8, ...
+    bucket_edges: List[int] = field(default_factory=list)
+
+    def lengths(self, task: TaskConfig) -> list[int]:
+        return list(self.seq_lens) if self.seq_lens else [task.seq_len]
+
+    def validate(self, task: TaskConfig) -> None:
+        _positive_int("eval.sequences", self.sequences)
+        _positive_int("eval.batch_size", self.batch_size)
+        for i, n in enumerate(self.lengths(task)):
+            task.validate(n, where=f"eval.seq_lens[{i}]")
+        if task.name == "passkey":
+            _require(len(self.depths) > 0, "eval.depths=[] is empty; passkey needs at least one depth in [0, 1]")
+            for i, depth in enumerate(self.depths):
+                _require(isinstance(depth, (int, float)) and 0.0 <= depth <= 1.0,
+                         f"eval.depths[{i}]={depth!r} is outside [0, 1] (0 = start of the context, 1 = just "
+                         f"before the question)")
+        edges = list(self.bucket_edges)
+        for i, edge in enumerate(edges):
+            _positive_int(f"eval.bucket_edges[{i}]", edge, 0)
+        _require(edges == sorted(set(edges)), f"eval.bucket_edges={edges} must be strictly increasing")
+
+
+@dataclass
+class RetrievalConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        self.task.validate()
+        self.model.validate()
+        self.train.validate()
+        self.eval.validate(self.task)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_mapping(cls, mapping: Any) -> "RetrievalConfig":
+        """From a plain dict or an OmegaConf node with task/model/train/eval sections (missing ones default).
+
+        Unknown keys raise, naming the section and the allowed keys, so a typo never falls back to a default.
+        """
+        mapping = _plain(mapping)
+        sections = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
+        unknown = sorted(set(mapping) - set(sections))
+        _require(not unknown, f"unknown retrieval config sections {unknown}; allowed: {sorted(sections)}")
+        return cls(**{name: _section(name, kind, mapping.get(name) or {}) for name, kind in sections.items()})
+
+
+@dataclass
+class ProbeConfig:
+    """The training-free probe of one attention layer (probe.py explains the construction)."""
+
+    seq_len: int = 256
+    heads: int = 4
+    head_dim: int = 64  # also the number of distinct key codes per block
+    causal: bool = True
+    dtype: str = "float32"
+    device: str = "cpu"
+    margin: float = 20.0  # the matching key's score; every other key scores 0, so e^margin must dwarf seq_len
+    chunk: int = 32  # probe sequences per attention call
+    bucket_edges: List[int] = field(default_factory=list)  # as EvalConfig.bucket_edges; [] = powers of two
+
+    def validate(self) -> None:
+        _positive_int("probe.seq_len", self.seq_len, 2)
+        _positive_int("probe.heads", self.heads)
+        _positive_int("probe.head_dim", self.head_dim)
+        _positive_int("probe.chunk", self.chunk)
+        _require(self.dtype in DTYPES, f"probe.dtype={self.dtype!r} is not one of {list(DTYPES)}")
+        _require(self.device == "cpu" or self.device.startswith("cuda"),
+                 f"probe.device={self.device!r} must be 'cpu' or 'cuda[:i]'")
+        # The target's softmax weight is at least e^m / (e^m + seq_len); it must stay well above 1/2.
+        _require(self.margin >= math.log(self.seq_len) + 4,
+                 f"probe.margin={self.margin} is too small for probe.seq_len={self.seq_len}: the matching key "
+                 f"must outweigh every other key, so margin >= ln(seq_len) + 4 = {math.log(self.seq_len) + 4:.1f}")
+        _require(self.margin <= 60, f"probe.margin={self.margin} must be <= 60 (exp overflows in half precision "
+                                    f"kernels that do not subtract the max)")
+        edges = list(self.bucket_edges)
+        _require(edges == sorted(set(edges)), f"probe.bucket_edges={edges} must be strictly increasing")
+
+    @classmethod
+    def from_mapping(cls, mapping: Any) -> "ProbeConfig":
+        return _section("probe", cls, _plain(mapping or {}))
+
+
+def _plain(mapping: Any) -> dict[str, Any]:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency; plain dicts still work without it
+        DictConfig = ()
+    if isinstance(mapping, DictConfig):
+        return OmegaConf.to_container(mapping, resolve=True)
+    if hasattr(mapping, "__dataclass_fields__"):
+        return asdict(mapping)
+    _require(isinstance(mapping, dict), f"expected a mapping, got {type(mapping).__name__}")
+    return dict(mapping)
+
+
+def _section(name: str, kind: type, values: Any) -> Any:
+    if isinstance(values, kind):
+        return values
+    values = _plain(values)
+    allowed = set(kind.__dataclass_fields__)
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        import difflib
+
+        hints = [f"{key!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
+            key, sorted(allowed), n=1)) else "") for key in unknown]
+        raise RetrievalConfigError(f"unknown {name} keys: {', '.join(hints)}; allowed: {sorted(allowed)}")
+    return kind(**values)

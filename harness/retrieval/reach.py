@@ -1,0 +1,97 @@
+"""What a stack of attention layers can reach: which earlier tokens can influence the output at a position.
+
+One layer lets query p read key j when the pattern scores (p, j) for some head (the output projection mixes
+heads). The residual stream keeps each position's own information, so after L layers p is influenced by j when
+a chain p = p_L >= ... >= p_0 = j exists with each step visible in one layer: the L-th power of the one-layer
+visibility-or-identity relation. An answer is reachable when every position it needs is (tasks.py "sources").
+
+Closed forms: dense reaches everything causal; a causal sliding window with left extent W reaches back exactly
+min(L * W, N - 1) (L * (W + 1) with the model's token shift). Dilated attention reaches a position-dependent set (a query at a segment start sees nothing
+before it in one layer, and with nested segment lengths never at any depth), computed here from the spec's
+index function by boolean matrix powers; only used at the modest lengths the retrieval tasks run at.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attention_impls import make_params
+from attention_impls.params import AttentionParams, DenseParams, SlidingWindowParams
+from attention_impls.patterns import dilated_multiplicity, sliding_window_visible
+
+
+def params_of(attention: dict) -> AttentionParams:
+    return make_params(attention["mechanism"], **(attention.get("params") or {}))
+
+
+def one_layer_visible(params: AttentionParams, seq_len: int, num_heads: int, causal: bool) -> torch.Tensor:
+    """(H, N, N) bool: head h's query p scores key j, straight from the spec's index functions."""
+    query = torch.arange(seq_len)[None, :, None]
+    key = torch.arange(seq_len)[None, None, :]
+    head = torch.arange(num_heads)[:, None, None]
+    if isinstance(params, DenseParams):
+        visible = torch.ones(num_heads, seq_len, seq_len, dtype=torch.bool)
+    elif isinstance(params, SlidingWindowParams):
+        left, right = params.window(causal)
+        visible = sliding_window_visible(left, right)(query, key, head).expand(num_heads, seq_len, seq_len)
+    else:
+        visible = dilated_multiplicity(params, seq_len, causal)(query, key, head) > 0
+    if causal:
+        visible = visible & (key <= query)
+    return visible.clone()
+
+
+def receptive_field(params: AttentionParams, seq_len: int, num_heads: int, depth: int, causal: bool = True,
+                    token_shift: bool = False) -> torch.Tensor:
+    """(N, N) bool: token j can influence the output at position p through `depth` layers.
+
+    token_shift: each layer's attention input at m also holds position m - 1 (model.TokenShift), so a layer that
+    lets p read m also lets it read m - 1.
+    """
+    if depth < 1:
+        raise ValueError(f"depth={depth} must be >= 1")
+    if isinstance(params, SlidingWindowParams):
+        left, right = params.window(causal)
+        left += int(token_shift)
+        offset = torch.arange(seq_len)[None, :] - torch.arange(seq_len)[:, None]  # key - query
+        return (offset >= -depth * left) & (offset <= depth * right)
+    step = one_layer_visible(params, seq_len, num_heads, causal).any(dim=0) | torch.eye(seq_len, dtype=torch.bool)
+    if token_shift:
+        step[:, :-1] |= step[:, 1:].clone()  # reading m also reads m - 1
+    if isinstance(params, DenseParams):
+        return step  # already closed under composition
+    field = step
+    step_f = step.float()
+    for _ in range(depth - 1):
+        field = (field.float() @ step_f) > 0  # path counts are small exact integers in float32
+    return field
+
+
+def theoretical_reach(params: AttentionParams, seq_len: int, num_heads: int, depth: int, causal: bool = True,
+                      token_shift: bool = False) -> int:
+    """The longest distance p - j over which any token can influence a later position (N - 1 at most)."""
+    if isinstance(params, DenseParams):
+        return seq_len - 1
+    if isinstance(params, SlidingWindowParams):
+        return min(depth * (params.window(causal)[0] + int(token_shift)), seq_len - 1)
+    field = receptive_field(params, seq_len, num_heads, depth, causal, token_shift)
+    distance = torch.arange(seq_len)[:, None] - torch.arange(seq_len)[None, :]
+    return int(distance[field].max())
+
+
+def items_reachable(field: torch.Tensor, query_pos: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+    """(I,) bool: every source position (-1 = padding) of each item is in its query position's field."""
+    rows = field[query_pos]  # (I, N)
+    needed = sources.clamp(min=0)
+    seen = torch.gather(rows, 1, needed) | (sources < 0)
+    return seen.all(dim=1)
+
+
+def distance_buckets(edges: list[int], longest: int) -> list[tuple[int, int]]:
+    """Inclusive (lo, hi) distance buckets covering [edges[0], longest]; edges=[] means 0, 1, 2, 4, 8, ..."""
+    if not edges:
+        edges = [0, 1]
+        while edges[-1] * 2 <= longest:
+            edges.append(edges[-1] * 2)
+    edges = [e for e in edges if e <= longest]
+    return [(lo, (edges[i + 1] - 1) if i + 1 < len(edges) else longest) for i, lo in enumerate(edges)]

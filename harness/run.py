@@ -1,0 +1,137 @@
+"""One Hydra job from start to end: check, open the store and the logger, run each job, report, finish.
+
+    run(cfg)                     # what `shootout ...` does for each (multirun) job
+    check(cfg)                   # every job validates cfg without running anything; raises ConfigError
+
+`cfg.jobs` lists what the run does, in order: `speed` (harness.bench), `probe` and `retrieval`
+(harness.retrieval). All of a run's rows land in one store part and one W&B run; the report is rewritten from
+the whole store at the end, so it always shows every job of the experiment so far.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Callable
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .bench import run_speed
+from .config import ConfigError
+from .retrieval.config import RetrievalConfigError
+from .store import ResultsStore, default_job_id
+
+
+def _variants(cfg: DictConfig) -> list[Any]:
+    return [cfg.attention, *cfg.variants.values()]
+
+
+def _check_device(key: str, device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"{key}={device} but CUDA is not available here (torch {torch.__version__}); "
+                          f"use {key}=cpu")
+
+
+def run_probe_job(cfg: DictConfig, store: ResultsStore | None = None, logger: Any = None,
+                  check_only: bool = False):
+    from .retrieval import run_probe
+    from .retrieval.config import ProbeConfig
+    from .retrieval.run import normalize_attention
+
+    try:
+        ProbeConfig.from_mapping(cfg.probe).validate()
+        _check_device("probe.device", cfg.probe.device)
+        for variant in _variants(cfg):
+            normalize_attention(variant)
+    except (RetrievalConfigError, ValueError, TypeError) as error:
+        raise ConfigError(f"probe: {error}") from None
+    if check_only:
+        return None
+    return run_probe(_variants(cfg), cfg.probe, store, logger)
+
+
+def run_retrieval_job(cfg: DictConfig, store: ResultsStore | None = None, logger: Any = None,
+                      check_only: bool = False):
+    import pandas as pd
+
+    from .retrieval import run_retrieval
+    from .retrieval.config import RetrievalConfig
+    from .retrieval.run import normalize_attention
+
+    sections = {name: cfg[name] for name in ("task", "model", "train", "eval")}
+    try:
+        RetrievalConfig.from_mapping(sections).validate()
+        _check_device("train.device", cfg.train.device)
+        for variant in _variants(cfg):
+            normalize_attention(variant)
+    except (RetrievalConfigError, ValueError, TypeError) as error:
+        raise ConfigError(f"retrieval: {error}") from None
+    if check_only:
+        return None
+    frames = [run_retrieval(variant, sections, store, logger, resume=cfg.resume) for variant in _variants(cfg)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# job name -> run(cfg, store, logger, check_only=False); check_only validates (raising ConfigError) only.
+JOBS: dict[str, Callable[..., object]] = {
+    "speed": run_speed,
+    "probe": run_probe_job,
+    "retrieval": run_retrieval_job,
+}
+
+
+def check(cfg: DictConfig) -> list[Callable[..., object]]:
+    """The job functions of cfg.jobs, after each has validated cfg."""
+    if len(cfg.jobs) == 0:
+        raise ConfigError(f"jobs is empty; choose some of: {', '.join(JOBS)}")
+    unknown = [name for name in cfg.jobs if name not in JOBS]
+    if unknown:
+        raise ConfigError(f"jobs={list(cfg.jobs)}: {unknown} not known; choose from: {', '.join(JOBS)}")
+    jobs = [JOBS[name] for name in cfg.jobs]
+    for job in jobs:
+        job(cfg, check_only=True)
+    try:
+        ResultsStore(cfg.results_dir, cfg.name).check_writable()
+    except PermissionError as error:
+        raise ConfigError(f"results_dir={cfg.results_dir}: {error}") from None
+    return jobs
+
+
+def _hydra_job() -> tuple[str, int | None]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        job = HydraConfig.get().job
+        return (job.override_dirname or job.name), (job.get("num") if "num" in job else None)
+    return "shootout", None
+
+
+def run(cfg: DictConfig, jobs: list[Callable[..., object]] | None = None) -> ResultsStore:
+    """Run cfg.jobs into one store part and one logger run; write the report; return the store."""
+    from rich.console import Console
+
+    jobs = jobs if jobs is not None else check(cfg)
+    job_name, job_num = _hydra_job()
+    job_id = f"{default_job_id()}-{'' if job_num is None else f'j{job_num}-'}{uuid.uuid4().hex[:6]}"
+    store = ResultsStore(cfg.results_dir, cfg.name, job_id=job_id)
+    logger = instantiate(cfg.logger)
+    console = Console(stderr=True)
+    try:
+        logger.start(OmegaConf.to_container(cfg, resolve=True), cfg.name, job_name)
+        for job in jobs:
+            job(cfg, store=store, logger=logger)
+        frame = store.consolidate()
+        results = [store.dir / "results.parquet", store.dir / "results.csv"]
+        if cfg.report and not frame.empty:
+            from .report import write_report
+
+            report = write_report(store.dir, cfg.name)
+            logger.log_images({p.stem: p for p in sorted((store.dir / "plots").glob("*.png"))})
+            results += [report, report.with_suffix(".html")]
+            console.print(f"[bold]Report:[/bold] {report}  (and {report.with_suffix('.html').name})")
+        logger.log_files(results, name=f"results-{cfg.name}")
+    finally:
+        logger.finish()
+    return store

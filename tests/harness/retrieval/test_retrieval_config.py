@@ -1,0 +1,46 @@
+import pytest
+
+from harness.retrieval.config import (EvalConfig, ModelConfig, ProbeConfig, RetrievalConfig, RetrievalConfigError,
+                                      TaskConfig)
+
+
+def test_defaults_validate():
+    RetrievalConfig().validate()
+    ProbeConfig().validate()
+
+
+@pytest.mark.parametrize("cfg, message", [
+    (RetrievalConfig(task=TaskConfig(name="passkey", seq_len=64, key_len=40)), "task.key_len=40 is too long"),
+    (RetrievalConfig(task=TaskConfig(seq_len=64, num_pairs=12, num_keys=16)), "more than fit in task.seq_len=64"),
+    (RetrievalConfig(task=TaskConfig(num_pairs=20, num_keys=16)), "task.num_pairs=20 exceeds task.num_keys=16"),
+    (RetrievalConfig(task=TaskConfig(name="passkey"), eval=EvalConfig(depths=[0.5, 1.5])),
+     r"eval.depths\[1\]=1.5 is outside \[0, 1\]"),
+    (RetrievalConfig(task=TaskConfig(name="passkey", key_len=10), eval=EvalConfig(seq_lens=[128, 16])),
+     r"eval.seq_lens\[1\]=16"),
+    (RetrievalConfig(task=TaskConfig(name="copy")), "task.name='copy' is not known"),
+    (RetrievalConfig(task=TaskConfig(min_gap=1)), "task.min_gap=1 must be an int >= 2"),
+    (RetrievalConfig(model=ModelConfig(d_model=60, heads=4)), "must be even"),
+])
+def test_bad_configs_fail_before_training_naming_the_value(cfg, message):
+    with pytest.raises(RetrievalConfigError, match=message):
+        cfg.validate()
+
+
+def test_from_mapping_rejects_typos_with_a_hint():
+    with pytest.raises(RetrievalConfigError, match="'num_pair' \\(did you mean 'num_pairs'\\?\\)"):
+        RetrievalConfig.from_mapping({"task": {"num_pair": 4}})
+    with pytest.raises(RetrievalConfigError, match="unknown retrieval config sections"):
+        RetrievalConfig.from_mapping({"trian": {}})
+
+
+def test_from_mapping_accepts_omegaconf_nodes():
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.create({"seed": 3, "train": {"seed": "${seed}", "max_steps": 7}})
+    cfg = RetrievalConfig.from_mapping({"train": node.train})
+    assert cfg.train.seed == 3 and cfg.train.max_steps == 7
+
+
+def test_probe_margin_must_outweigh_the_sequence():
+    with pytest.raises(RetrievalConfigError, match="probe.margin=5.0 is too small"):
+        ProbeConfig(seq_len=4096, margin=5.0).validate()
