@@ -4,6 +4,8 @@
     out = attn(q, k, v, causal=True)       # q, k, v: (batch, seq, heads, head_dim)
     attn.backend                            # which backend ran
     attention_impls.backends("dilated")     # every backend, whether it runs here, and why not
+
+Sequence-parallel versions over torch.distributed live in `attention_impls.distributed`.
 """
 
 from .module import MultiheadAttention

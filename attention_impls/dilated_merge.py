@@ -17,8 +17,6 @@ from dataclasses import dataclass
 import torch
 
 from .kernels import LseKernel, default_scale, merge_lse_into
-
-_merge_into = merge_lse_into  # older name, still imported by distributed.py
 from .params import DilatedParams
 
 

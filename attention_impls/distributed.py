@@ -17,7 +17,7 @@ Algorithm (LongNet, Ding et al. 2023, section 3; semantics exactly ../shared/spe
   sparsified keys, 1/r of the rows and 1/r of the heads) to exactly the ranks that hold taking-part queries of
   the same segment; causal, only to later ranks, since earlier queries never see later keys. Each rank attends
   its queries to the received rows without a mask ("remote part": under causal all of them are earlier).
-- All parts are merged by log-sum-exp into one accumulator (dilated_merge._merge_into), which is the spec's
+- All parts are merged by log-sum-exp into one accumulator (kernels.merge_lse_into), which is the spec's
   mixture (sum_i U_i) / (sum_i S_i): a branch's local and remote parts are the split of its softmax sums.
 - Backward runs each part's kernel backward with the *merged* (out, lse) (see kernels.py: exact, mixture weights
   included), and returns the gradients of the received rows to their owners with the reverse all_to_all, the
@@ -49,8 +49,7 @@ from typing import Callable, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
-from .dilated_merge import _merge_into
-from .kernels import CpuFlashKernel, LseKernel, MathKernel, XformersKernel, default_scale
+from .kernels import CpuFlashKernel, LseKernel, MathKernel, XformersKernel, default_scale, merge_lse_into
 from .params import DenseParams, DilatedParams, check_dilated_coverage, make_params
 from .registry import check_inputs
 
@@ -549,13 +548,13 @@ class _SequenceParallelFunction(torch.autograd.Function):
         lse_acc = torch.full((batch, num_heads, q.shape[1]), float("-inf"), dtype=acc_dtype, device=q.device)
         for run in plan.local_runs:
             out_part, lse_part = kernel.forward(run.gather(q), run.gather(k), run.gather(v), causal, scale)
-            _merge_into(run.view(out_acc), run.lse_view(lse_acc), run.unbatch(out_part, batch),
+            merge_lse_into(run.view(out_acc), run.lse_view(lse_acc), run.unbatch(out_part, batch),
                         run.unbatch_lse(lse_part.to(acc_dtype), batch))
         for remote in plan.remotes:
             run = remote.run
             kv = _remote_kv(remote, recv, batch, head_dim)
             out_part, lse_part = kernel.forward(run.gather(q), kv[0], kv[1], False, scale)
-            _merge_into(run.view(out_acc), run.lse_view(lse_acc), run.unbatch(out_part, batch),
+            merge_lse_into(run.view(out_acc), run.lse_view(lse_acc), run.unbatch(out_part, batch),
                         run.unbatch_lse(lse_part.to(acc_dtype), batch))
         out = out_acc.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse_acc, recv)
