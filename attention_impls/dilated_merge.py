@@ -101,7 +101,9 @@ def dilated_backward(grad_out, q, k, v, out, lse, params: DilatedParams, kernel:
     batch, seq_len, num_heads, head_dim = q.shape
     scale = default_scale(head_dim, params.scale)
     acc_dtype = torch.promote_types(q.dtype, torch.float32)
-    grads = [torch.zeros(q.shape, dtype=acc_dtype, device=q.device) for _ in range(3)]
+    first_covers_all = params.dilation_rates[0] == 1  # as in forward: the first branch writes everything
+    allocate = torch.empty if first_covers_all else torch.zeros
+    grads = [allocate(q.shape, dtype=acc_dtype, device=q.device) for _ in range(3)]
     lse_kernel = lse if q.dtype == torch.float64 else lse.float()
     for piece in plan(params, seq_len, num_heads):
         piece_grads = kernel.backward(
@@ -109,7 +111,10 @@ def dilated_backward(grad_out, q, k, v, out, lse, params: DilatedParams, kernel:
             piece.gather_lse(lse_kernel), causal, scale,
         )
         for total, part in zip(grads, piece_grads):
-            piece.view(total).add_(piece.unbatch(part, batch))
+            if first_covers_all and piece.branch == 0:
+                piece.view(total).copy_(piece.unbatch(part, batch))
+            else:
+                piece.view(total).add_(piece.unbatch(part, batch))
     return tuple(g.to(q.dtype) for g in grads)
 
 
