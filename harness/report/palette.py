@@ -118,6 +118,8 @@ def variant_order(frame: pd.DataFrame) -> list[str]:
     keys: dict[str, tuple] = {}
     for mechanism, backend, params in zip(frame["mechanism"], frame["backend"] if "backend" in frame else nothing,
                                           frame["params"] if "params" in frame else nothing):
+        if _is_missing(mechanism):
+            continue  # rows that name no mechanism (perf_target) are no variant
         keys.setdefault(variant_label(mechanism, backend, params), _sort_key(mechanism, backend, params))
     return sorted(keys, key=lambda label: (keys[label], label))
 

@@ -92,11 +92,13 @@ class _Metric:
     log: bool = True
 
 
-def _facets(speed: pd.DataFrame) -> tuple[list[tuple[str, pd.DataFrame]], str]:
-    """Split speed points by the settings that vary (pass, dtype, ...): one panel each, titled by them.
+def _facets(speed: pd.DataFrame, settings: tuple[str, ...] = tables.SPEED_SETTING_COLUMNS
+            ) -> tuple[list[tuple[str, pd.DataFrame]], str]:
+    """Split points by the settings that vary (pass, dtype, ...): one panel each, titled by them.
     Also returns the settings common to all panels, as one line for the figure title."""
-    varying = [c for c in tables.SPEED_SETTING_COLUMNS if speed[c].notna().any() and speed[c].nunique() > 1]
-    constant = [c for c in tables.SPEED_SETTING_COLUMNS if c not in varying and speed[c].notna().any()]
+    settings = tuple(c for c in settings if c in speed)
+    varying = [c for c in settings if speed[c].notna().any() and speed[c].nunique() > 1]
+    constant = [c for c in settings if c not in varying and speed[c].notna().any()]
     common = ", ".join(f"{c}={tables.format_value(speed[c].dropna().iloc[0])}" for c in constant)
     if not varying:
         return [("", speed)], common
@@ -185,11 +187,13 @@ def _scaling_plot(frame: pd.DataFrame, out_dir: Path, palette: Palette, *, name:
                 ax = axes[row][col]
                 drawn += _draw_scaling_panel(ax, panel, metric, palette, guides, statuses_seen, variants_seen,
                                              panel_title)
-                if ceiling and metric.column == "useful_gflops_per_s":
-                    drawn += _draw_ceiling(ax, frame, panel)
                 _seq_len_axis(ax, panel["seq_len"])
                 if metric.log:
                     ax.set_yscale("log")
+                # After the log scale: limits set on a linear axis can start at or below 0 and break it.
+                if ceiling and metric.column == "useful_gflops_per_s":
+                    drawn += _draw_ceiling(ax, frame, panel)
+                if metric.log:
                     _plain_log_labels(ax.yaxis)
                 ax.set_xlabel("sequence length N (tokens)")
                 ax.set_ylabel(metric.label)
@@ -224,7 +228,8 @@ def _draw_scaling_panel(ax, panel: pd.DataFrame, metric: _Metric, palette: Palet
             before = ok[ok["seq_len"] < failed["seq_len"]]
             after = ok[ok["seq_len"] > failed["seq_len"]]
             if len(before) and len(after):
-                (x0, y0), (x1, y1) = before.iloc[-1][["seq_len", metric.column]], after.iloc[0][["seq_len", metric.column]]
+                x0, y0 = before.iloc[-1][["seq_len", metric.column]]
+                x1, y1 = after.iloc[0][["seq_len", metric.column]]
                 t = math.log(failed["seq_len"] / x0) / math.log(x1 / x0)
                 y = float(math.exp(math.log(y0) + t * (math.log(y1) - math.log(y0))))
             else:
@@ -264,9 +269,11 @@ def _draw_ceiling(ax, frame: pd.DataFrame, panel: pd.DataFrame) -> list[dict]:
     value = float(ceiling.median()) / 1e9
     ax.axhline(value, color="0.2", linewidth=1.2, linestyle="-.", zorder=1)
     ax.annotate(f"measured matmul ceiling {value:.4g} GFLOP/s", (0.02, value), xycoords=("axes fraction", "data"),
-                xytext=(0, 3), textcoords="offset points", fontsize="small", color="0.2")
-    low, high = ax.get_ylim()
-    ax.set_ylim(low, max(high, value * 1.6))
+                xytext=(0, -3), textcoords="offset points", va="top", fontsize="small", color="0.2")
+    values = pd.to_numeric(panel["useful_gflops_per_s"], errors="coerce")
+    values = values[values > 0]
+    low = float(values.min()) / 1.6 if len(values) else value / 100
+    ax.set_ylim(min(low, value / 1.6), value * 1.6)
     return [dict(series="matmul ceiling", metric="useful_gflops_per_s", x=float("nan"), y=value, status="ok")]
 
 
@@ -300,10 +307,9 @@ def plot_latency(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
 def plot_memory(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
     speed = tables.rows_of_kind(frame, "speed")
     methods = sorted(speed["mem_method"].dropna().astype(str).unique()) if "mem_method" in speed else []
-    method = f"; {', '.join(methods)}" if methods else ""
     return _scaling_plot(
         frame, out_dir, palette, name="memory_vs_seq_len", title="Peak memory against sequence length",
-        metrics=[_Metric("peak_mem_mib", f"peak memory (MiB, log{method})")],
+        metrics=[_Metric("peak_mem_mib", "peak memory (MiB, log)")],
         caption=f"Peak memory during the timed call{(' measured by ' + ', '.join(methods)) if methods else ''}; "
                 "failed points marked as in the latency plot.")
 
@@ -320,22 +326,29 @@ def plot_throughput(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plo
 # -------------------------------------------------------------------------------------- retrieval plots
 
 def _bucket_centre(lo: float, hi: float) -> float:
+    """Geometric centre of the inclusive bucket [lo, hi] on a log axis (distance 0 is drawn at 1)."""
     if pd.isna(hi) or math.isinf(hi):
-        return float(lo) * 1.5 if lo > 0 else 1.0
-    if pd.isna(lo) or lo <= 0:
+        return max(float(lo), 1.0) * 1.5
+    if pd.isna(lo):
         return max(float(hi) / 2, 1.0)
-    return math.sqrt(float(lo) * float(hi))
+    return math.sqrt(max(float(lo), 1.0) * max(float(hi), 1.0))
 
 
 def plot_retrieval_accuracy(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
-    """Accuracy against key-query distance, one line per variant, one panel per task and N; dotted verticals
-    mark each variant's theoretical reach."""
+    """Accuracy against key-query distance, one line per variant, one panel per task and N; dashed, the share
+    of each bucket's items the pattern can reach (reachable_fraction); dotted verticals, each variant's
+    theoretical reach; grey dash-dot, chance."""
     name, title = "retrieval_accuracy", "Retrieval accuracy by key-query distance"
     summary = tables.retrieval_summary(frame)
     if summary.empty:
         return _skip(name, title, "no retrieval rows in the store")
     if summary["distance_lo"].isna().all() and summary["distance_hi"].isna().all():
         return _skip(name, title, "retrieval rows carry no distance_lo / distance_hi buckets")
+    # A run that failed before evaluating (oom in training, unsupported) has one row and no bucket: it gets a
+    # legend entry, not a panel of its own.
+    evaluated = summary["distance_lo"].notna() | summary["distance_hi"].notna()
+    not_run = summary[~evaluated]
+    summary = summary[evaluated]
     summary = summary.assign(x=[_bucket_centre(lo, hi) for lo, hi in zip(summary["distance_lo"],
                                                                           summary["distance_hi"])])
     panels = list(summary.groupby(["task", "seq_len"], sort=True, dropna=False))
@@ -367,13 +380,26 @@ def plot_retrieval_accuracy(frame: pd.DataFrame, out_dir: Path, palette: Palette
                             markersize=10, markeredgewidth=2.0, linestyle="none", clip_on=False)
                     drawn.append(dict(series=variant, task=task, seq_len=seq_len, x=failed["x"], y=y,
                                       status=status))
-                reach = points["reach"].dropna()
-                if len(reach) and math.isfinite(reach.iloc[0]):
-                    ax.axvline(reach.iloc[0], color=style.color, linestyle=":", linewidth=1.2)
+                reachable = points[points["reachable_fraction"].notna()]
+                if len(reachable):
+                    ax.plot(reachable["x"], reachable["reachable_fraction"], color=style.color, linestyle="--",
+                            linewidth=1.0, alpha=0.8, zorder=2)
+                    drawn += [dict(series=f"{variant} reachable", task=task, seq_len=seq_len, x=x, y=y,
+                                   status="predicted")
+                              for x, y in zip(reachable["x"], reachable["reachable_fraction"])]
+                reach = points["theoretical_reach"].dropna()
+                # A reach of N - 1 (dense) is the whole axis: a line at its edge would say nothing.
+                if len(reach) and math.isfinite(reach.iloc[0]) and (pd.isna(seq_len) or reach.iloc[0] < seq_len - 1):
+                    ax.axvline(max(float(reach.iloc[0]), 1.0), color=style.color, linestyle=":", linewidth=1.2)
+                    drawn.append(dict(series=f"{variant} theoretical reach", task=task, seq_len=seq_len,
+                                      x=float(reach.iloc[0]), y=math.nan, status="predicted"))
+            chance = panel["chance"].dropna()
+            if len(chance):
+                ax.axhline(float(chance.max()), color="0.45", linestyle="-.", linewidth=1.0, zorder=1)
             ax.set_xscale("log", base=2)
             _plain_log_labels(ax.xaxis)
             ax.set_ylim(-0.03, 1.03)
-            ax.set_xlabel("key-query distance (tokens, bucket centre)")
+            ax.set_xlabel("key-query distance (tokens, inclusive bucket's centre)")
             ax.set_ylabel("accuracy")
             ax.set_title(f"{task}, N={int(seq_len)}" if pd.notna(seq_len) else str(task), fontsize="medium")
         for ax in axes[len(panels):]:
@@ -383,17 +409,29 @@ def plot_retrieval_accuracy(frame: pd.DataFrame, out_dir: Path, palette: Palette
             style = palette[variant]
             handles.append(Line2D([], [], color=style.color, marker=style.marker, linestyle=style.linestyle))
             labels.append(variant)
-        handles.append(Line2D([], [], color="0.3", linestyle=":"))
-        labels.append("theoretical reach (its colour)")
+        handles += [Line2D([], [], color="0.3", linestyle="--", linewidth=1.0), Line2D([], [], color="0.3",
+                                                                                       linestyle=":"),
+                    Line2D([], [], color="0.45", linestyle="-.")]
+        labels += ["reachable fraction (its colour)", "theoretical reach (its colour)", "chance"]
         for status in sorted(statuses):
             handles.append(Line2D([], [], color="0.3", marker=STATUS_MARKERS.get(status, "x"), linestyle="none",
                                   markersize=9, markeredgewidth=2.0))
             labels.append(f"{status} (bucket has failed rows)")
+        for _, run in not_run.iterrows():
+            status = next((s for s in str(run["status"]).split("+") if s != "ok"), "ok")
+            handles.append(Line2D([], [], color=palette[run["variant"]].color, marker=STATUS_MARKERS.get(status, "x"),
+                                  linestyle="none", markersize=9, markeredgewidth=2.0))
+            labels.append(f"{run['variant']}: {run['task']} {status}, not evaluated")
+            drawn.append(dict(series=run["variant"], task=run["task"], seq_len=math.nan, x=math.nan, y=math.nan,
+                              status=status))
         figure.legend(handles, labels, loc="outside right upper", fontsize="small")
         figure.suptitle(title, fontsize="large")
     plot = Plot(name=name, title=title, figure=figure, data=pd.DataFrame(drawn),
-                caption="Accuracy per distance bucket, weighted by the number of queries in it; the x position "
-                        "is the bucket's geometric centre. Dotted verticals: theoretical reach of the pattern.")
+                caption="Solid: accuracy per distance bucket (queries at distance lo..hi inclusive, weighted by "
+                        "their number), drawn at the bucket's geometric centre. Dashed, same colour: the share of "
+                        "the bucket's items whose sources the stacked pattern can reach (the most a model could "
+                        "get right beyond chance). Dotted verticals: the longest distance any token can travel "
+                        "(not drawn for dense, which reaches the whole sequence). Grey dash-dot: chance.")
     return _save(plot, out_dir)
 
 
@@ -445,8 +483,8 @@ def plot_passkey_heatmap(frame: pd.DataFrame, out_dir: Path, palette: Palette) -
 
 
 def plot_pareto(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
-    """Speed against accuracy, one point per configuration, the non-dominated ones joined (lower-right
-    is better: fast and accurate)."""
+    """Speed against accuracy, one point per configuration, the non-dominated ones joined (up and to the left
+    is better: fast and accurate). Accuracy is taken at each task's largest evaluated N."""
     name, title = "pareto", "Speed / accuracy trade-off"
     speed = tables.speed_summary(frame)
     retrieval = tables.retrieval_summary(frame)
@@ -459,6 +497,8 @@ def plot_pareto(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
     points = []
     for task, rows in retrieval.groupby("task", sort=True):
         seq_len = rows["seq_len"].dropna().max() if rows["seq_len"].notna().any() else None
+        if seq_len is not None:  # averaging accuracy over several N would mix different difficulties
+            rows = rows[rows["seq_len"] == seq_len]
         for variant, group in rows.groupby("variant", sort=False):
             accuracy = group["accuracy"].to_numpy(dtype=float)
             weights = group["count"].fillna(1.0).to_numpy(dtype=float)
@@ -502,19 +542,207 @@ def plot_pareto(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
             ns = sorted(set(task_points["speed_seq_len"]))
             n_text = f"N={ns[0]}" if len(ns) == 1 else "N=" + "/".join(str(n) for n in ns)
             ax.set_xlabel(f"forward latency (ms, log; {n_text})")
-            ax.set_ylabel(f"{task} accuracy (all distances)")
+            n_retrieval = task_points["retrieval_seq_len"].dropna()
+            at = f" at N={int(n_retrieval.iloc[0])}" if len(n_retrieval) else ""
+            ax.set_ylabel(f"{task} accuracy{at} (all distances)")
             ax.set_title(task, fontsize="medium")
         handles = [Line2D([], [], color=palette[v].color, marker=palette[v].marker, linestyle="none")
                    for v in palette.sorted(data["series"].unique())]
         labels = palette.sorted(data["series"].unique())
         handles.append(Line2D([], [], color="0.6"))
         labels.append("Pareto frontier")
-        figure.legend(handles, labels, loc="outside right upper", fontsize="small")
+        figure.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small")
         figure.suptitle(title, fontsize="large")
     plot = Plot(name=name, title=title, figure=figure, data=data,
-                caption="One point per configuration: retrieval accuracy (count-weighted over every distance "
-                        "bucket) against forward latency at the retrieval's N where measured, else the largest N "
-                        "measured. Up and to the left is better.")
+                caption="One point per configuration: retrieval accuracy at the task's largest evaluated N "
+                        "(count-weighted over every distance bucket) against forward latency at that N where "
+                        "measured, else at the largest N measured (the x label says which). Up and to the left is "
+                        "better.")
+    return _save(plot, out_dir)
+
+
+# ------------------------------------------------------------------------------------------- probe plot
+
+PROBE_DODGE = 0.09  # markers of different variants in one bucket sit this far apart (bucket units), not on top
+
+
+def plot_probe(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
+    """The training-free probe: per distance bucket, the share of (query, head) pairs whose key's value came back
+    (markers), over the share the spec's pattern predicts (a wide pale step in the same colour). They coincide
+    unless a backend breaks the spec; a bucket with mismatches is marked."""
+    name, title = "probe", "Probe: planted keys recovered by distance (measured vs spec)"
+    summary = tables.probe_summary(frame)
+    if summary.empty:
+        return _skip(name, title, "no probe rows in the store")
+    measured = summary[summary["direction"].notna() & summary["distance_lo"].notna()]
+    not_run = summary[~summary.index.isin(measured.index)]
+    if measured.empty:
+        reasons = "; ".join(f"{v}: {s} ({r})" for v, s, r in zip(not_run["variant"], not_run["status"],
+                                                                  not_run["reason"]))
+        return _skip(name, title, f"no probe variant produced buckets ({reasons})")
+    panels = list(measured.groupby(["direction", "seq_len"], sort=False, dropna=False))
+    panels.sort(key=lambda item: (item[0][0] != "past", item[0][1]))  # past keys first
+    drawn: list[dict] = []
+    variants_seen: list[str] = []
+    mismatched = False
+    with _theme():
+        figure = _new_figure(max(5.8 * len(panels), 8.0), 5.0)
+        axes = figure.subplots(1, len(panels), squeeze=False)[0]
+        for ax, ((direction, seq_len), panel) in zip(axes, panels):
+            buckets = (panel[["distance_lo", "distance_hi", "bucket"]].drop_duplicates()
+                       .sort_values(["distance_lo", "distance_hi"]))
+            position = {label: i for i, label in enumerate(buckets["bucket"])}
+            variants = palette.sorted(panel["variant"].unique())
+            for k, variant in enumerate(variants):
+                style = palette[variant]
+                points = panel[panel["variant"] == variant].assign(
+                    x=lambda rows: rows["bucket"].map(position)).sort_values("x")
+                variants_seen.append(variant)
+                # The prediction: wide and pale, so the measured markers on top read as "on the line" or not.
+                ax.plot(points["x"], points["reachable_fraction"], drawstyle="steps-mid", color=style.color,
+                        linewidth=6, alpha=0.25, solid_capstyle="butt", zorder=2)
+                offset = (k - (len(variants) - 1) / 2) * PROBE_DODGE
+                # Markers only: the step is the line; a line between markers would cut across the steps.
+                ax.plot(points["x"] + offset, points["accuracy"], color=style.color, marker=style.marker,
+                        linestyle="none", markersize=6, zorder=3)
+                for _, point in points.iterrows():
+                    drawn.append(dict(series=variant, direction=direction, seq_len=seq_len, bucket=point["bucket"],
+                                      x=float(point["x"]), y=float(point["accuracy"]),
+                                      predicted=float(point["reachable_fraction"]),
+                                      mismatches=point["mismatches"], status=point["status"]))
+                    if pd.notna(point["mismatches"]) and point["mismatches"] > 0:
+                        mismatched = True
+                        ax.plot([point["x"] + offset], [point["accuracy"]], marker=STATUS_MARKERS["wrong"],
+                                markersize=12, markerfacecolor="none", markeredgecolor="#D55E00",
+                                markeredgewidth=2.0, linestyle="none", zorder=4, clip_on=False)
+                        ax.annotate(f"{int(point['mismatches'])}", (point["x"] + offset, point["accuracy"]),
+                                    xytext=(6, 6), textcoords="offset points", fontsize="x-small", color="#D55E00")
+            ax.set_xticks(range(len(position)))
+            ax.set_xticklabels(list(position), rotation=30 if len(position) > 6 else 0)
+            ax.set_xlim(-0.6, len(position) - 0.4)
+            ax.set_ylim(-0.03, 1.05)
+            sign = "query - key" if direction == "past" else "key - query"
+            ax.set_xlabel(f"distance {sign} (tokens, inclusive bucket)")
+            ax.set_ylabel("share of (query, head) pairs recovered")
+            causal = panel["causal"].dropna()
+            causal_text = ", causal" if len(causal) and bool(causal.iloc[0]) else ""
+            n_text = f", N={int(seq_len)}" if pd.notna(seq_len) else ""
+            ax.set_title(f"{direction} keys{n_text}{causal_text}", fontsize="medium")
+        handles, labels = [], []
+        for variant in palette.sorted(set(variants_seen)):
+            style = palette[variant]
+            handles.append(Line2D([], [], color=style.color, marker=style.marker, linestyle="none"))
+            labels.append(f"{variant}: measured")
+        handles.append(Line2D([], [], color="0.3", linewidth=6, alpha=0.25))
+        labels.append("spec's prediction (pale step, its colour)")
+        if mismatched:
+            handles.append(Line2D([], [], marker=STATUS_MARKERS["wrong"], markerfacecolor="none",
+                                  markeredgecolor="#D55E00", markeredgewidth=2.0, linestyle="none", markersize=10))
+            labels.append("bucket with mismatches (count written)")
+        for variant, status in zip(not_run["variant"], not_run["status"]):
+            handles.append(Line2D([], [], color=palette[variant].color, marker=STATUS_MARKERS.get(status, "x"),
+                                  linestyle="none", markersize=9, markeredgewidth=2.0))
+            labels.append(f"{variant}: {status}, not probed")
+            drawn.append(dict(series=variant, status=status, x=math.nan, y=math.nan))
+        figure.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small")
+        figure.suptitle(title, fontsize="large")
+    caption = ("Each marker: the share of (query, head) pairs at that distance whose planted key's value one "
+               "attention layer returned (exact, no training). Pale step: the share the spec's pattern predicts. "
+               "A marker off its step is a backend that disagrees with the spec; those buckets are circled in "
+               "vermilion with their mismatch count. Markers of different variants are spread slightly within a "
+               "bucket so equal values stay visible.")
+    if len(not_run):
+        caption += " Not probed: " + "; ".join(f"{v} ({s}: {r})" for v, s, r in zip(
+            not_run["variant"], not_run["status"], not_run["reason"])) + "."
+    plot = Plot(name=name, title=title, caption=caption, figure=figure, data=pd.DataFrame(drawn))
+    return _save(plot, out_dir)
+
+
+# ------------------------------------------------------------------------------------- distributed plot
+
+def _point_status(status: str) -> str:
+    """A distributed point's status for its marker: the first failed rank status, 'incomplete' for missing ranks."""
+    parts = [part for part in str(status).split("+") if part != "ok"]
+    if not parts:
+        return "ok"
+    return "incomplete" if parts[0].startswith("missing") else parts[0]
+
+
+def plot_distributed(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
+    """Sequence-parallel scaling: the slowest rank's median latency and the busiest rank's bytes sent per call
+    (with the spec's prediction, dashed) against the total sequence length, one line per mechanism."""
+    name, title = "distributed", "Sequence-parallel attention: latency and communication against N"
+    summary = tables.distributed_summary(frame)
+    if summary.empty:
+        return _skip(name, title, "no distributed rows in the store (scripts/bench_distributed.py writes them)")
+    points = summary.assign(status=summary["status"].map(_point_status),
+                            bytes_sent_max_mib=summary["bytes_sent_max"] / tables.MIB,
+                            predicted_mib=summary["predicted_bytes_sent_max"] / tables.MIB)
+    metrics = [_Metric("latency_max_ms", "slowest rank's median latency (ms, log)"),
+               _Metric("bytes_sent_max_mib", "bytes sent per call by the busiest rank (MiB)")]
+    if not points[[m.column for m in metrics]].notna().any().any():
+        counts = ", ".join(f"{status}: {count}" for status, count in summary["status"].value_counts().items())
+        return _skip(name, title, f"no distributed point has every rank ok ({counts})")
+    panels, common = _facets(points, tables.DISTRIBUTED_SETTING_COLUMNS)
+    drawn: list[dict] = []
+    statuses: set[str] = set()
+    variants: list[str] = []
+    with _theme():
+        figure = _new_figure(5.2 * len(metrics) + 3.4, 4.2 * len(panels) + 0.6)
+        axes = figure.subplots(len(panels), len(metrics), squeeze=False)
+        for row, (panel_title, panel) in enumerate(panels):
+            for col, metric in enumerate(metrics):
+                ax = axes[row][col]
+                drawn += _draw_scaling_panel(ax, panel, metric, palette, False, statuses, variants, panel_title)
+                if metric.column == "bytes_sent_max_mib":
+                    for variant in palette.sorted(panel["variant"].unique()):
+                        style = palette[variant]
+                        predicted = panel[panel["variant"] == variant].dropna(subset=["predicted_mib"])
+                        predicted = predicted.sort_values("seq_len")
+                        ax.plot(predicted["seq_len"], predicted["predicted_mib"], color=style.color,
+                                linestyle="--", marker=style.marker, markerfacecolor="none", markersize=9,
+                                linewidth=1.0, zorder=2)
+                        drawn += [dict(series=f"{variant} predicted", panel=panel_title, metric="predicted_mib",
+                                       x=float(x), y=float(y), status="predicted")
+                                  for x, y in zip(predicted["seq_len"], predicted["predicted_mib"])]
+                    values = pd.concat([panel["bytes_sent_max_mib"], panel["predicted_mib"]]).dropna()
+                    # A rank that sends nothing (every segment inside its shard) is a real 0: keep a linear
+                    # axis then, since a log axis would drop it.
+                    if len(values) and (values > 0).all():
+                        ax.set_yscale("log")
+                        _plain_log_labels(ax.yaxis)
+                    else:
+                        ax.set_ylim(bottom=0)
+                else:
+                    ax.set_yscale("log")
+                    _plain_log_labels(ax.yaxis)
+                _seq_len_axis(ax, panel["seq_len"])
+                ax.set_xlabel("total sequence length N (tokens, all ranks)")
+                ax.set_ylabel(metric.label)
+                ax.set_title(panel_title, fontsize="medium")
+        handles, labels = [], []
+        for variant in palette.sorted(variants):
+            style = palette[variant]
+            handles.append(Line2D([], [], color=style.color, marker=style.marker, linestyle=style.linestyle))
+            labels.append(variant)
+        handles.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="none", linestyle="--"))
+        labels.append("predicted bytes (spec; its colour)")
+        for status in sorted(statuses):
+            handles.append(Line2D([], [], color="0.3", marker=STATUS_MARKERS.get(status, "x"), linestyle="none",
+                                  markersize=9, markeredgewidth=2.0))
+            labels.append(f"{status} (failed point)")
+        figure.legend(handles, labels, loc="outside lower center", ncols=2 if len(labels) > 3 else len(labels),
+                      fontsize="small")
+        figure.suptitle(title + (f"\n{common}" if common else ""), fontsize="large")
+    mismatched = summary[summary["bytes_match"].eq(False)]
+    caption = ("Left: the largest median latency over the ranks of each point (a step waits for its slowest rank). "
+               "Right: bytes the busiest rank sends in one call (forward + backward payload of its collectives), "
+               "solid, over the bytes attention_impls.distributed.predicted_bytes_sent gives for it, dashed with "
+               "hollow markers; a solid marker inside its hollow one means counted = predicted. Failed points are "
+               "marked where their line stopped.")
+    if len(mismatched):
+        caption += f" {len(mismatched)} point(s) sent other than predicted (see the table's bytes_match)."
+    plot = Plot(name=name, title=title, caption=caption, figure=figure, data=pd.DataFrame(drawn))
     return _save(plot, out_dir)
 
 
@@ -596,7 +824,8 @@ def plot_attention_patterns(frame: pd.DataFrame, out_dir: Path, palette: Palette
         return _skip(name, title, "; ".join(f"{p['label']}: {p['error']}" for p in pictures))
     top = max(int(p["grid"].max()) for p in drawable)
     # White = not scored, then darker with each branch that scores the pair.
-    colours = ["#ffffff"] + list(sns.color_palette("Blues", top + 1).as_hex()[1:]) if top > 1 else ["#ffffff", "#2171b5"]
+    colours = (["#ffffff"] + list(sns.color_palette("Blues", top + 1).as_hex()[1:]) if top > 1
+               else ["#ffffff", "#2171b5"])
     cmap = ListedColormap(colours)
     norm = BoundaryNorm(np.arange(-0.5, top + 1.5), cmap.N)
     panels = [(picture, head) for picture in drawable for head in range(picture["heads_shown"])]
@@ -638,7 +867,7 @@ def plot_attention_patterns(frame: pd.DataFrame, out_dir: Path, palette: Palette
 
 
 PLOTS = (plot_latency, plot_memory, plot_throughput, plot_retrieval_accuracy, plot_passkey_heatmap, plot_pareto,
-         plot_attention_patterns)
+         plot_probe, plot_distributed, plot_attention_patterns)
 
 
 def make_plots(frame: pd.DataFrame, out_dir: Path, palette: Palette | None = None) -> list[Plot]:

@@ -81,20 +81,37 @@ def environment_of(frame: pd.DataFrame, env: Mapping[str, Any] | None) -> dict[s
     return out
 
 
+KIND_SECTIONS = {"perf_target": "Performance targets", "speed": "Speed", "retrieval": "Retrieval",
+                 "probe": "Probe", "distributed": "Distributed (sequence-parallel)"}
+
+
 def _sections(frame: pd.DataFrame, plots: list[Plot], env: dict[str, str]) -> list[Section]:
-    speed = tables.speed_summary(frame)
-    retrieval = tables.retrieval_summary(frame)
-    probe = tables.probe_summary(frame)
-    fails = tables.failures(frame)
+    """The report's sections, one per kind of row the store holds (a kind it lacks is named once, up front)."""
     by_name = {plot.name: plot for plot in plots}
     counts = frame["kind"].value_counts().to_dict() if "kind" in frame else {}
-    sections = [Section("Environment", text="Rows: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".",
+    absent = [title for kind, title in KIND_SECTIONS.items() if kind not in counts]
+    overview = "Stored rows: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none") + "."
+    kept = sum(len(tables.rows_of_kind(frame, kind)) for kind in counts)
+    if kept < sum(counts.values()):
+        overview += (f" {sum(counts.values()) - kept} of them are superseded by a later run of the same point "
+                     "(same config_hash) and left out of every table and plot.")
+    if absent:
+        overview += f" No rows for: {', '.join(absent)} (those sections are left out)."
+    sections = [Section("Environment", text=overview,
                         table=pd.DataFrame({"key": list(env), "value": list(env.values())}) if env else None)]
 
-    speed_section = Section("Speed")
-    if speed.empty:
-        speed_section.text = "No speed rows in the store."
-    else:
+    targets = tables.perf_target_summary(frame)
+    if not targets.empty:
+        missed = int((targets["passed"] != True).sum())  # noqa: E712 (None = not recorded counts as missed)
+        sections.append(Section(
+            KIND_SECTIONS["perf_target"], table=targets,
+            text=f"{len(targets) - missed} of {len(targets)} targets met (scripts/perf_targets.py; missed ones "
+                 "first). passed = measured <comparison> limit, for the newest run of each target; runs = how many "
+                 "times this store has measured it."))
+
+    speed = tables.speed_summary(frame)
+    if not speed.empty:
+        speed_section = Section(KIND_SECTIONS["speed"])
         speed_section.children.append(Section(
             "Median latency (ms) by sequence length",
             text="A cell that names a status is a point that did not end ok (see Failed points). "
@@ -102,26 +119,56 @@ def _sections(frame: pd.DataFrame, plots: list[Plot], env: dict[str, str]) -> li
             table=tables.latency_wide(speed)))
         for name in ("latency_vs_seq_len", "memory_vs_seq_len", "throughput"):
             speed_section.children.append(Section(by_name[name].title, plot=by_name[name]))
-        speed_section.children.append(Section("All speed points", text="Also in tables/speed_summary.csv.",
-                                              table=speed.drop(columns=["mechanism", "backend", "params"])))
-    sections.append(speed_section)
+        speed_section.children.append(Section(
+            "All speed points", text="Also in tables/speed_summary.csv. noisy: IQR above 10 % of the median.",
+            table=speed.drop(columns=["mechanism", "backend", "params"])))
+        sections.append(speed_section)
 
-    retrieval_section = Section("Retrieval")
-    if retrieval.empty:
-        retrieval_section.text = "No retrieval rows in the store."
-    for task in dict.fromkeys(retrieval["task"]) if not retrieval.empty else []:
+    retrieval = tables.retrieval_summary(frame)
+    if not retrieval.empty:
+        retrieval_section = Section(KIND_SECTIONS["retrieval"])
         retrieval_section.children.append(Section(
-            f"{task}: accuracy by key-query distance bucket [lo, hi) in tokens",
-            table=tables.retrieval_wide(retrieval, task)))
-    for name in ("retrieval_accuracy", "passkey_heatmap", "pareto"):
-        retrieval_section.children.append(Section(by_name[name].title, plot=by_name[name]))
-    sections.append(retrieval_section)
+            "Training runs", table=tables.retrieval_training(frame).drop(columns=["reason"]),
+            text="One row per trained model. A run that stopped at max_steps with a low val_accuracy did not learn "
+                 "the task: its accuracy by distance says more about training than about the pattern."))
+        for task in dict.fromkeys(retrieval["task"]):
+            retrieval_section.children.append(Section(
+                f"{task}: accuracy by key-query distance bucket (tokens, lo-hi inclusive)",
+                text="Also in tables/retrieval_summary.csv, with reachable_fraction, chance and count per bucket.",
+                table=tables.retrieval_wide(retrieval, task)))
+        for name in ("retrieval_accuracy", "passkey_heatmap", "pareto"):
+            if name == "passkey_heatmap" and "passkey" not in set(retrieval["task"]):
+                continue  # no passkey task ran: nothing to say beyond the task list above
+            retrieval_section.children.append(Section(by_name[name].title, plot=by_name[name]))
+        sections.append(retrieval_section)
 
+    probe = tables.probe_summary(frame)
     if not probe.empty:
-        sections.append(Section("Probe: planted-key recovery by distance",
-                                text="Share of heads that recovered the planted key at each distance.",
-                                table=probe.drop(columns=["mechanism", "backend", "params"])))
+        mismatches = pd.to_numeric(probe["mismatches"], errors="coerce").fillna(0)
+        verdict = ("Every backend recovered exactly the pairs the spec predicts (0 mismatches)."
+                   if (mismatches == 0).all() and (probe["status"] == "ok").all() else
+                   f"{int(mismatches.sum())} mismatched (query, key, head) triples; see the status and reason "
+                   "columns.")
+        sections.append(Section(KIND_SECTIONS["probe"], text=verdict, children=[
+            Section(by_name["probe"].title, plot=by_name["probe"]),
+            Section("Probe by distance bucket",
+                    text="accuracy: share of (query, head) pairs at that distance whose key came back; "
+                         "reachable_fraction: the share the spec predicts; mismatches must be 0. "
+                         "Also in tables/probe_summary.csv.",
+                    table=probe.drop(columns=["mechanism", "backend", "params", "reason"]))]))
+
+    distributed = tables.distributed_summary(frame)
+    if not distributed.empty:
+        sections.append(Section(KIND_SECTIONS["distributed"], children=[
+            Section(by_name["distributed"].title, plot=by_name["distributed"]),
+            Section("Distributed points",
+                    text="One row per point (all ranks). latency_max_ms: slowest rank; bytes_*_max: busiest rank, "
+                         "forward + backward per call; *_total: summed over ranks. Also in "
+                         "tables/distributed_summary.csv.",
+                    table=distributed.drop(columns=["mechanism", "params", "reason"]))]))
+
     sections.append(Section("Attention patterns", plot=by_name["attention_patterns"]))
+    fails = tables.failures(frame)
     sections.append(Section("Failed points", text="Every row that did not end ok, with its reason."
                             if not fails.empty else "None: every point ended ok.",
                             table=fails if not fails.empty else None))
@@ -195,7 +242,10 @@ def write_report(store_dir: Path, experiment: str, env: dict | None = None) -> P
         "speed_summary": tables.speed_summary(frame),
         "retrieval_summary": tables.retrieval_summary(frame),
         "passkey_summary": tables.passkey_summary(frame),
+        "retrieval_training": tables.retrieval_training(frame),
         "probe_summary": tables.probe_summary(frame),
+        "distributed_summary": tables.distributed_summary(frame),
+        "perf_targets": tables.perf_target_summary(frame),
         "failures": tables.failures(frame),
     }
     for name, table in written.items():

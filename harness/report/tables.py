@@ -18,20 +18,39 @@ from .palette import add_variant_column, variant_order
 # Columns of speed_summary(), in order (README "Report tables").
 SPEED_SUMMARY_COLUMNS = (
     "variant", "mechanism", "backend", "params", "pass", "dtype", "causal", "device", "batch", "heads",
-    "head_dim", "seq_len", "status", "latency_median_ms", "latency_iqr_ms", "tokens_per_s", "peak_mem_mib",
+    "head_dim", "seq_len", "status", "latency_median_ms", "latency_iqr_ms", "noisy", "tokens_per_s", "peak_mem_mib",
     "useful_gflops_per_s", "fraction_of_peak", "speedup_vs_dense", "reason",
 )
 # What makes two speed points comparable apart from the variant and N: speed-up over dense is taken within it.
 SPEED_SETTING_COLUMNS = ("pass", "dtype", "causal", "device", "batch", "heads", "head_dim")
 
+# Distance buckets are inclusive on both ends, [distance_lo, distance_hi], as harness.retrieval writes them.
 RETRIEVAL_SUMMARY_COLUMNS = (
-    "task", "variant", "mechanism", "backend", "params", "seq_len", "distance_lo", "distance_hi", "bucket",
-    "accuracy", "count", "reach", "status",
+    "task", "variant", "name", "mechanism", "backend", "params", "seq_len", "distance_lo", "distance_hi", "bucket",
+    "accuracy", "reachable_fraction", "chance", "count", "theoretical_reach", "status",
 )
-PASSKEY_SUMMARY_COLUMNS = ("variant", "context_len", "depth", "accuracy", "count", "status")
-PROBE_SUMMARY_COLUMNS = ("variant", "mechanism", "backend", "params", "seq_len", "distance", "heads",
-                         "recovered", "status")
-FAILURE_COLUMNS = ("kind", "variant", "task", "pass", "seq_len", "status", "reason")
+RETRIEVAL_TRAINING_COLUMNS = (
+    "task", "variant", "name", "train_seq_len", "layers", "d_model", "heads", "seed", "train_steps", "train_stop",
+    "train_seconds", "train_final_loss", "train_accuracy", "val_accuracy", "chance", "status", "reason",
+)
+PASSKEY_SUMMARY_COLUMNS = ("variant", "context_len", "depth", "distance", "accuracy", "reachable_fraction", "count",
+                           "status")
+PROBE_SUMMARY_COLUMNS = (
+    "variant", "name", "mechanism", "backend", "params", "seq_len", "heads", "causal", "direction", "distance_lo",
+    "distance_hi", "bucket", "count", "accuracy", "reachable_fraction", "mismatches", "theoretical_reach", "status",
+    "reason",
+)
+# One row per distributed point (all ranks together): a step takes as long as its slowest rank.
+DISTRIBUTED_SETTING_COLUMNS = ("world_size", "pass", "dtype", "causal", "device", "batch", "heads", "head_dim")
+DISTRIBUTED_SUMMARY_COLUMNS = (
+    "variant", "mechanism", "params", *DISTRIBUTED_SETTING_COLUMNS, "dist_backend", "kernel", "seq_len", "ranks",
+    "status", "latency_max_ms", "latency_min_ms", "slowest_rank", "tokens_per_s", "bytes_sent_max",
+    "predicted_bytes_sent_max", "bytes_sent_total", "predicted_bytes_sent_total", "bytes_match", "peak_mem_max_mib",
+    "max_abs_err", "reason",
+)
+PERF_TARGET_COLUMNS = ("target", "measured", "comparison", "limit", "passed", "detail", "device", "dtype", "smoke",
+                       "runs", "timestamp")
+FAILURE_COLUMNS = ("kind", "variant", "task", "pass", "seq_len", "rank", "status", "reason")
 
 MIB = float(1 << 20)
 
@@ -41,19 +60,41 @@ def _column(frame: pd.DataFrame, name: str, default: Any = np.nan) -> pd.Series:
                                                        if default is None else None)
 
 
+def _latest_rows(rows: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """Drop rows superseded by a rerun of the same point, keeping the newest.
+
+    speed: one row per config_hash. distributed: one row per (config_hash, rank); the ranks of one point share
+    its hash. probe, retrieval and the rest: one call writes all rows of a config_hash (one per bucket, depth or
+    N) in one job, so the rows of the newest job that wrote that hash are the answer.
+    """
+    if "config_hash" not in rows:
+        return rows
+    if "timestamp" in rows:
+        rows = rows.sort_values("timestamp", kind="stable")
+    if kind == "speed":
+        return rows.drop_duplicates("config_hash", keep="last")
+    if kind == "distributed" and "rank" in rows:
+        return rows.drop_duplicates(["config_hash", "rank"], keep="last")
+    if "job_id" not in rows or rows["job_id"].isna().all():
+        return rows
+    newest_job = rows.groupby("config_hash", dropna=False)["job_id"].transform("last")
+    return rows[rows["job_id"] == newest_job]
+
+
 def rows_of_kind(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
-    """Rows of one kind with a `variant` column; a retried point (same config_hash) keeps its latest row."""
+    """Rows of one kind with a `variant` column; a rerun point keeps only its newest rows (`_latest_rows`).
+
+    `variant` is the report's label (palette.variant_label). The speed sweep's own `variant` column (the config
+    name, e.g. "dilated_16_32_64") moves to `name`, which is what probe and retrieval rows call it.
+    """
     if frame.empty or "kind" not in frame:
         return pd.DataFrame()
     rows = frame[frame["kind"] == kind]
     if rows.empty:
         return pd.DataFrame()
-    if kind == "speed" and "config_hash" in rows:
-        # Speed rows are one per point: a resumed sweep re-measures points that ended in error, and the
-        # newer row is the answer. (Retrieval and probe rows share a config_hash across buckets: not deduped.)
-        if "timestamp" in rows:
-            rows = rows.sort_values("timestamp", kind="stable")
-        rows = rows.drop_duplicates("config_hash", keep="last")
+    rows = _latest_rows(rows, kind)
+    if "variant" in rows:
+        rows = rows.assign(name=rows["name"].fillna(rows["variant"]) if "name" in rows else rows["variant"])
     return add_variant_column(rows).reset_index(drop=True)
 
 
@@ -85,6 +126,8 @@ def speed_summary(frame: pd.DataFrame) -> pd.DataFrame:
     latency = _numeric(_column(rows, "latency_median_s")).where(ok)
     out["latency_median_ms"] = latency * 1e3
     out["latency_iqr_ms"] = _numeric(_column(rows, "latency_iqr_s")).where(ok) * 1e3
+    # The runner's flag (IQR > 10 % of the median, torch.utils.benchmark's rule); None where it was not recorded.
+    out["noisy"] = _column(rows, "noisy", None).where(ok, None)
     out["tokens_per_s"] = _numeric(_column(rows, "tokens_per_s")).where(ok)
     out["peak_mem_mib"] = _numeric(_column(rows, "peak_mem_bytes")).where(ok) / MIB
     out["useful_gflops_per_s"] = _numeric(_column(rows, "flops_per_s")).where(ok) / 1e9
@@ -102,16 +145,21 @@ def speed_summary(frame: pd.DataFrame) -> pd.DataFrame:
     return _sort_by_variant(out, rows, ["pass"], ["seq_len"])[list(SPEED_SUMMARY_COLUMNS)]
 
 
-def _weighted_accuracy(group: pd.DataFrame) -> tuple[float, float]:
+def _weighted_mean(group: pd.DataFrame, column: str) -> tuple[float, float]:
+    """Count-weighted mean of `column` over the group's ok rows, and the total count behind it."""
     ok = group[group["status"] == "ok"]
-    accuracy = _numeric(ok["accuracy"])
+    values = _numeric(_column(ok, column))
     weights = _numeric(ok["count"]).fillna(1.0) if "count" in ok else pd.Series(1.0, index=ok.index)
-    valid = accuracy.notna()
+    valid = values.notna()
     if not valid.any():
         return math.nan, 0.0
     total = float(weights[valid].sum())
-    mean = float((accuracy[valid] * weights[valid]).sum() / total) if total > 0 else float(accuracy[valid].mean())
+    mean = float((values[valid] * weights[valid]).sum() / total) if total > 0 else float(values[valid].mean())
     return mean, total
+
+
+def _weighted_accuracy(group: pd.DataFrame) -> tuple[float, float]:
+    return _weighted_mean(group, "accuracy")
 
 
 def _status_of(statuses: Iterable[str]) -> str:
@@ -120,7 +168,18 @@ def _status_of(statuses: Iterable[str]) -> str:
     return "+".join(distinct)
 
 
+def _first(series: pd.Series) -> Any:
+    """The first non-missing value (a column constant within a group), NaN when there is none."""
+    values = series.dropna()
+    return values.iloc[0] if len(values) else math.nan
+
+
+def _reasons(series: pd.Series) -> str:
+    return "; ".join(dict.fromkeys(str(r) for r in series.fillna("") if r))
+
+
 def bucket_label(lo: Any, hi: Any) -> str:
+    """An inclusive distance bucket as text: '2-9' for [2, 9], '5' for [5, 5]."""
     def text(value: Any) -> str:
         value = float(value)
         return "inf" if math.isinf(value) else f"{value:.0f}"
@@ -130,27 +189,34 @@ def bucket_label(lo: Any, hi: Any) -> str:
     if pd.isna(hi):
         return f">={text(lo)}"
     if pd.isna(lo):
-        return f"<{text(hi)}"
-    return f"{text(lo)}-{text(hi)}"
+        return f"<={text(hi)}"
+    return text(lo) if float(lo) == float(hi) else f"{text(lo)}-{text(hi)}"
+
+
+def _ensure(rows: pd.DataFrame, names: Iterable[str]) -> pd.DataFrame:
+    """`rows` with every column in `names` (missing optional ones as NaN)."""
+    missing = [name for name in dict.fromkeys(names) if name not in rows]
+    return rows.assign(**{name: np.nan for name in missing}) if missing else rows
 
 
 def retrieval_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy per task, variant, N and distance bucket (count-weighted over the rows that fall in it)."""
+    """Accuracy per task, variant, N and distance bucket (count-weighted over the rows that fall in it), next to
+    what the pattern allows: reachable_fraction (share of the bucket's items whose sources the stacked pattern can
+    reach, count-weighted), theoretical_reach (the longest distance any token travels) and chance."""
     rows = rows_of_kind(frame, "retrieval")
     if rows.empty:
         return pd.DataFrame(columns=list(RETRIEVAL_SUMMARY_COLUMNS))
-    for name in ("task", "mechanism", "backend", "params", "seq_len", "distance_lo", "distance_hi", "accuracy",
-                 "count", "reach"):
-        if name not in rows:
-            rows[name] = np.nan
+    rows = _ensure(rows, ("task", "name", "mechanism", "backend", "params", "seq_len", "distance_lo", "distance_hi",
+                          "accuracy", "reachable_fraction", "chance", "count", "theoretical_reach"))
     keys = ["task", "variant", "mechanism", "backend", "params", "seq_len", "distance_lo", "distance_hi"]
     records = []
     for key, group in rows.groupby(keys, dropna=False, sort=False):
         accuracy, count = _weighted_accuracy(group)
         record = dict(zip(keys, key))
-        reach = _numeric(group["reach"]).dropna()
-        record.update(bucket=bucket_label(record["distance_lo"], record["distance_hi"]), accuracy=accuracy,
-                      count=count, reach=float(reach.iloc[0]) if len(reach) else math.nan,
+        record.update(name=_first(group["name"]), bucket=bucket_label(record["distance_lo"], record["distance_hi"]),
+                      accuracy=accuracy, reachable_fraction=_weighted_mean(group, "reachable_fraction")[0],
+                      chance=_numeric(group["chance"]).max(), count=count,
+                      theoretical_reach=_numeric(group["theoretical_reach"]).max(),
                       status=_status_of(group["status"]))
         records.append(record)
     out = pd.DataFrame.from_records(records)
@@ -158,8 +224,8 @@ def retrieval_summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def retrieval_wide(summary: pd.DataFrame, task: str) -> pd.DataFrame:
-    """One task of retrieval_summary as one row per variant and N, one accuracy column per distance bucket
-    (columns named 'acc@<lo>-<hi>', distances in tokens)."""
+    """One task of retrieval_summary as one row per variant and N, one accuracy column per inclusive distance
+    bucket (columns named 'acc@<lo>-<hi>', tokens), then the variant's theoretical reach at that N."""
     summary = summary[summary["task"] == task] if not summary.empty else summary
     if summary.empty:
         return pd.DataFrame()
@@ -173,11 +239,33 @@ def retrieval_wide(summary: pd.DataFrame, task: str) -> pd.DataFrame:
     wide = wide.sort_values(["variant", "seq_len"], kind="stable")
     wide["variant"] = wide["variant"].astype(str)
     wide.columns = [c if c in ("variant", "seq_len") else f"acc@{c}" for c in wide.columns]
+    reach = summary.groupby(["variant", "seq_len"], sort=False)["theoretical_reach"].max()
+    wide["theoretical_reach"] = [reach.get((v, n), math.nan) for v, n in zip(wide["variant"], wide["seq_len"])]
     return wide.reset_index(drop=True)
 
 
+def retrieval_training(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per retrieval training run (config_hash): how long it trained, why it stopped, how well it fit.
+
+    A variant that stopped at max_steps with a low val_accuracy did not learn the task, so its accuracy by
+    distance says little about what its pattern can reach."""
+    rows = rows_of_kind(frame, "retrieval")
+    if rows.empty:
+        return pd.DataFrame(columns=list(RETRIEVAL_TRAINING_COLUMNS))
+    rows = _ensure(rows, ("config_hash", *RETRIEVAL_TRAINING_COLUMNS))
+    records = []
+    for _, group in rows.groupby("config_hash", dropna=False, sort=False):
+        record = {name: _first(group[name]) for name in RETRIEVAL_TRAINING_COLUMNS}
+        record.update(variant=group["variant"].iloc[0], status=_status_of(group["status"]),
+                      reason=_reasons(group["reason"]))
+        records.append(record)
+    out = pd.DataFrame.from_records(records)
+    return _sort_by_variant(out, rows, ["task"], [])[list(RETRIEVAL_TRAINING_COLUMNS)]
+
+
 def passkey_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Passkey accuracy per variant, context length and needle depth (the heatmap's numbers)."""
+    """Passkey accuracy per variant, context length and needle depth (the heatmap's numbers); `distance` is the
+    needle's distance from the query, the bucket the row carries (distance_lo = distance_hi)."""
     rows = rows_of_kind(frame, "retrieval")
     if rows.empty or "task" not in rows:
         return pd.DataFrame(columns=list(PASSKEY_SUMMARY_COLUMNS))
@@ -186,35 +274,119 @@ def passkey_summary(frame: pd.DataFrame) -> pd.DataFrame:
         rows = rows.assign(context_len=rows["seq_len"])
     if rows.empty or "depth" not in rows or "context_len" not in rows:
         return pd.DataFrame(columns=list(PASSKEY_SUMMARY_COLUMNS))
+    rows = _ensure(rows, ("distance_lo", "reachable_fraction"))
     records = []
     for (variant, context_len, depth), group in rows.groupby(["variant", "context_len", "depth"], sort=True):
         accuracy, count = _weighted_accuracy(group)
-        records.append(dict(variant=variant, context_len=context_len, depth=depth, accuracy=accuracy, count=count,
+        records.append(dict(variant=variant, context_len=context_len, depth=depth,
+                            distance=_numeric(group["distance_lo"]).min(), accuracy=accuracy,
+                            reachable_fraction=_weighted_mean(group, "reachable_fraction")[0], count=count,
                             status=_status_of(group["status"])))
     return pd.DataFrame.from_records(records, columns=list(PASSKEY_SUMMARY_COLUMNS))
 
 
 def probe_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per variant and distance: the fraction of heads that recovered the planted key (1.0 = all heads)."""
+    """The training-free probe per variant, direction and inclusive distance bucket: accuracy (share of
+    (query, head) pairs whose key came back), reachable_fraction (the share the spec's pattern predicts) and
+    mismatches ((query, key, head) triples where the two differ; anything but 0 makes the rows "wrong").
+
+    The probe is exact, so a "wrong" bucket's accuracy is still what was measured and is kept. A variant that
+    could not run keeps its one row, with status, reason and no bucket."""
     rows = rows_of_kind(frame, "probe")
-    if rows.empty or "distance" not in rows or "recovered" not in rows:
+    if rows.empty:
         return pd.DataFrame(columns=list(PROBE_SUMMARY_COLUMNS))
-    rows = rows.assign(recovered=_numeric(rows["recovered"].astype(object).map(
-        lambda x: float(x) if isinstance(x, (bool, np.bool_, int, float)) else x)))
-    for name in ("mechanism", "backend", "params", "seq_len", "head"):
-        if name not in rows:
-            rows[name] = np.nan
-    keys = ["variant", "mechanism", "backend", "params", "seq_len", "distance"]
+    rows = _ensure(rows, ("name", "mechanism", "backend", "params", "seq_len", "heads", "causal", "direction",
+                          "distance_lo", "distance_hi", "count", "accuracy", "reachable_fraction", "mismatches",
+                          "theoretical_reach", "reason"))
+    keys = ["variant", "mechanism", "backend", "params", "seq_len", "direction", "distance_lo", "distance_hi"]
     records = []
     for key, group in rows.groupby(keys, dropna=False, sort=False):
-        ok = group[group["status"] == "ok"]
         record = dict(zip(keys, key))
-        record.update(heads=int(ok["head"].nunique()) if len(ok) else 0,
-                      recovered=float(ok["recovered"].mean()) if len(ok) else math.nan,
-                      status=_status_of(group["status"]))
+        measured = group[group["status"].isin(("ok", "wrong"))].assign(status="ok")
+        accuracy, count = _weighted_accuracy(measured)
+        mismatches = _numeric(group["mismatches"])
+        record.update(name=_first(group["name"]), heads=_first(group["heads"]), causal=_first(group["causal"]),
+                      bucket=bucket_label(record["distance_lo"], record["distance_hi"])
+                      if pd.notna(record["distance_lo"]) else "",
+                      count=count, accuracy=accuracy,
+                      reachable_fraction=_weighted_mean(measured, "reachable_fraction")[0],
+                      mismatches=float(mismatches.sum()) if mismatches.notna().any() else math.nan,
+                      theoretical_reach=_numeric(group["theoretical_reach"]).max(),
+                      status=_status_of(group["status"]), reason=_reasons(group["reason"]))
         records.append(record)
     out = pd.DataFrame.from_records(records)
-    return _sort_by_variant(out, rows, [], ["seq_len", "distance"])[list(PROBE_SUMMARY_COLUMNS)]
+    return _sort_by_variant(out, rows, [], ["direction", "distance_lo"])[list(PROBE_SUMMARY_COLUMNS)]
+
+
+def distributed_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per sequence-parallel point (all its ranks together).
+
+    latency_max_ms: the slowest rank's median (a step waits for it); bytes_sent_max: the busiest rank's payload
+    per call, forward + backward, next to predicted_bytes_sent_max, the spec's prediction for that quantity;
+    *_total: summed over ranks; bytes_match: every rank's count equalled its prediction; peak_mem_max_mib: the
+    largest peak of any rank. Measured numbers are left out (NaN) unless every rank of the point ended ok and
+    every rank is present; the prediction is kept, since it comes from the configuration alone."""
+    rows = rows_of_kind(frame, "distributed")
+    if rows.empty:
+        return pd.DataFrame(columns=list(DISTRIBUTED_SUMMARY_COLUMNS))
+    rows = _ensure(rows, ("mechanism", "params", *DISTRIBUTED_SETTING_COLUMNS, "dist_backend", "kernel", "seq_len",
+                          "rank", "latency_median_s", "bytes_sent_forward", "bytes_sent_backward",
+                          "predicted_bytes_sent_forward", "predicted_bytes_sent_backward", "bytes_match",
+                          "peak_mem_bytes", "max_abs_err", "reason", "config_hash"))
+    sent = _numeric(rows["bytes_sent_forward"]) + _numeric(rows["bytes_sent_backward"]).fillna(0)
+    predicted = _numeric(rows["predicted_bytes_sent_forward"]) + _numeric(
+        rows["predicted_bytes_sent_backward"]).fillna(0)
+    rows = rows.assign(_sent=sent, _predicted=predicted, _latency=_numeric(rows["latency_median_s"]))
+    records = []
+    for _, group in rows.groupby("config_hash", dropna=False, sort=False):
+        first = group.iloc[0]
+        world = _numeric(group["world_size"]).max()
+        ranks = int(group["rank"].nunique())
+        complete = pd.isna(world) or ranks == int(world)
+        ok = bool((group["status"] == "ok").all()) and complete and group["_latency"].notna().all()
+        status = _status_of(group["status"])
+        if status == "ok" and not complete:
+            status = f"ok+missing ranks ({ranks} of {int(world)})"
+        latency = group["_latency"]
+        record = {name: first[name] for name in ("variant", "mechanism", "params", *DISTRIBUTED_SETTING_COLUMNS,
+                                                  "dist_backend", "seq_len")}
+        record.update(
+            kernel=_first(group["kernel"]), ranks=ranks, status=status,
+            latency_max_ms=float(latency.max()) * 1e3 if ok else math.nan,
+            latency_min_ms=float(latency.min()) * 1e3 if ok else math.nan,
+            slowest_rank=group.loc[latency.idxmax(), "rank"] if ok else math.nan,
+            tokens_per_s=float(first["batch"]) * float(first["seq_len"]) / float(latency.max())
+            if ok and pd.notna(first["batch"]) else math.nan,
+            bytes_sent_max=group["_sent"].max() if ok else math.nan,
+            predicted_bytes_sent_max=group["_predicted"].max() if complete else math.nan,
+            bytes_sent_total=group["_sent"].sum() if ok else math.nan,
+            predicted_bytes_sent_total=group["_predicted"].sum(min_count=1) if complete else math.nan,
+            bytes_match=bool(group["bytes_match"].eq(True).all()) if ok else None,
+            peak_mem_max_mib=_numeric(group["peak_mem_bytes"]).max() / MIB if ok else math.nan,
+            max_abs_err=_numeric(group["max_abs_err"]).max(), reason=_reasons(group["reason"]))
+        records.append(record)
+    out = pd.DataFrame.from_records(records)
+    return _sort_by_variant(out, rows, ["world_size", "pass"], ["seq_len"])[list(DISTRIBUTED_SUMMARY_COLUMNS)]
+
+
+def perf_target_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """scripts/perf_targets.py's targets, missed ones first: the newest measurement of each (target, device,
+    dtype, smoke), whether it met its limit (`passed`: measured <comparison> limit) and `runs`, how many times
+    the store has measured it (the older rows stay in the store)."""
+    if frame.empty or "kind" not in frame:
+        return pd.DataFrame(columns=list(PERF_TARGET_COLUMNS))
+    rows = frame[frame["kind"] == "perf_target"]
+    if rows.empty:
+        return pd.DataFrame(columns=list(PERF_TARGET_COLUMNS))
+    rows = _ensure(rows, PERF_TARGET_COLUMNS)
+    rows = rows.sort_values("timestamp", kind="stable", na_position="first")
+    keys = ["target", "device", "dtype", "smoke"]
+    runs = rows.groupby(keys, dropna=False, sort=False)["target"].transform("size")
+    latest = rows.assign(runs=runs).drop_duplicates(keys, keep="last")
+    passed = latest["passed"].map(lambda v: bool(v) if isinstance(v, (bool, np.bool_)) else None)
+    latest = latest.assign(passed=passed, _missed=passed.map(lambda v: v is not True))
+    latest = latest.sort_values("_missed", ascending=False, kind="stable")
+    return latest[list(PERF_TARGET_COLUMNS)].reset_index(drop=True)
 
 
 def failures(frame: pd.DataFrame) -> pd.DataFrame:
@@ -228,7 +400,7 @@ def failures(frame: pd.DataFrame) -> pd.DataFrame:
     rows = rows[rows["status"] != "ok"]
     out = pd.DataFrame({name: _column(rows, name, None) for name in FAILURE_COLUMNS})
     out["reason"] = out["reason"].fillna("")
-    # Probe and retrieval failures repeat per head/bucket: one line per distinct failure is enough.
+    # Probe and retrieval failures repeat per bucket: one line per distinct failure is enough.
     return out.drop_duplicates().reset_index(drop=True)
 
 

@@ -1,10 +1,11 @@
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
 from harness.report import plots
 from harness.report.palette import Palette
+
+PLOT_NAMES = {"latency_vs_seq_len", "memory_vs_seq_len", "throughput", "retrieval_accuracy", "passkey_heatmap",
+              "pareto", "probe", "distributed", "attention_patterns"}
 
 
 @pytest.fixture(scope="module")
@@ -14,10 +15,9 @@ def rendered(fixture_rows, tmp_path_factory) -> dict[str, plots.Plot]:
 
 
 def test_every_plot_is_written_as_png_and_svg(rendered):
-    assert set(rendered) == {"latency_vs_seq_len", "memory_vs_seq_len", "throughput", "retrieval_accuracy",
-                             "passkey_heatmap", "pareto", "attention_patterns"}
+    assert set(rendered) == PLOT_NAMES
     for plot in rendered.values():
-        assert plot.skipped is None, plot.name
+        assert plot.skipped is None, (plot.name, plot.skipped)
         assert sorted(p.suffix for p in plot.paths) == [".png", ".svg"]
         for path in plot.paths:
             assert path.stat().st_size > 10_000, path
@@ -45,31 +45,96 @@ def test_latency_plot_draws_every_variant_and_marks_failed_points(rendered, fixt
     assert "dense (sdpa)" in legend and "oom (failed point)" in legend and "ideal O(N²)" in legend
 
 
-def test_throughput_plot_shows_the_measured_ceiling(rendered):
-    data = rendered["throughput"].data
+def test_throughput_plot_shows_the_measured_ceiling_on_a_usable_log_axis(rendered):
+    plot = rendered["throughput"]
+    data = plot.data
     ceiling = data[data["series"] == "matmul ceiling"]
     assert not ceiling.empty and ceiling["y"].iloc[0] == pytest.approx(150.0)
     assert {"tokens_per_s", "useful_gflops_per_s"} <= set(data["metric"])
+    flops_axis = next(ax for ax in plot.figure.axes if "GFLOP" in ax.get_ylabel())
+    low, high = flops_axis.get_ylim()
+    drawn = data[(data["metric"] == "useful_gflops_per_s") & (data["status"] == "ok")]["y"]
+    assert 0 < low <= drawn.min() and high >= 150.0  # every point and the ceiling inside a positive log range
 
 
-def test_retrieval_plots_have_a_line_per_variant_and_a_heatmap_cell_per_depth_and_context(rendered):
-    accuracy = rendered["retrieval_accuracy"].data
-    assert {"dense (sdpa)", "sliding_window w=64 (chunked)"} <= set(accuracy["series"])
-    assert set(accuracy["task"]) == {"mqar", "passkey"}
-    assert (accuracy["status"] == "oom").any()
+def test_retrieval_plot_draws_accuracy_reachable_fraction_reach_and_failed_runs(rendered):
+    data = rendered["retrieval_accuracy"].data
+    assert {"dense (sdpa)", "sliding_window w=64 (chunked)"} <= set(data["series"])
+    assert set(data["task"]) == {"mqar", "passkey"}
+    assert "sliding_window w=64 (chunked) reachable" in set(data["series"])
+    reach = data[data["series"] == "sliding_window w=64 (chunked) theoretical reach"]
+    assert not reach.empty and set(reach["x"]) == {130.0}
+    assert "dense (sdpa) theoretical reach" not in set(data["series"])  # reaches the whole sequence
+    failed = data[data["status"] == "oom"]
+    assert len(failed) == 1 and failed["series"].iloc[0].startswith("dilated")
+    legend = [t.get_text() for t in rendered["retrieval_accuracy"].figure.legends[0].get_texts()]
+    assert any("not evaluated" in text for text in legend) and "theoretical reach (its colour)" in legend
+
+
+def test_passkey_heatmap_has_a_cell_per_depth_and_context(rendered):
     heat = rendered["passkey_heatmap"].data
-    assert len(heat) == 45 and set(heat["depth"]) == {0.0, 0.25, 0.5, 0.75, 1.0}
-    assert len(rendered["passkey_heatmap"].figure.axes) >= 3
+    assert len(heat) == 30 and set(heat["depth"]) == {0.0, 0.25, 0.5, 0.75, 1.0}
+    assert len(rendered["passkey_heatmap"].figure.axes) >= 2
 
 
 def test_pareto_joins_speed_and_retrieval_per_configuration(rendered):
     data = rendered["pareto"].data
     assert set(data["task"]) == {"mqar", "passkey"}
-    assert set(data["series"]) == {"dense (sdpa)", "sliding_window w=64 (chunked)",
-                                   "dilated w=[64,128,256] r=[1,2,4] (gather)"}
     mqar = data[data["task"] == "mqar"].set_index("series")
+    assert set(mqar.index) == {"dense (sdpa)", "sliding_window w=64 (chunked)",
+                               "dilated w=[64,128,256] r=[1,2,4] (gather)"}
     assert mqar.loc["dense (sdpa)", "speed_seq_len"] == 4096  # speed taken at the retrieval's N
     assert mqar.loc["dense (sdpa)", "y"] == pytest.approx(0.97)
+    passkey = data[data["task"] == "passkey"]
+    assert set(passkey["retrieval_seq_len"]) == {2048}  # accuracy at the largest evaluated N only
+
+
+def test_probe_plot_draws_measured_over_predicted_and_marks_mismatches(rendered):
+    plot = rendered["probe"]
+    data = plot.data
+    measured = data[data["x"].notna()]
+    assert set(measured["direction"]) == {"past", "future"}
+    assert {"dense (sdpa)", "sliding_window w=8 (chunked)", "sliding_window w=8 (masked_sdpa)",
+            "dilated w=[16,64] r=[1,2] (gather)"} == set(measured["series"])
+    ok = measured[measured["status"] == "ok"]
+    assert (ok["y"] == ok["predicted"]).all()
+    off = measured[measured["mismatches"] > 0]
+    assert len(off) == 2 and (off["series"] == "sliding_window w=8 (masked_sdpa)").all()
+    assert (off["y"] != off["predicted"]).all()
+    assert len(plot.figure.axes) == 2  # one panel per direction
+    legend = [t.get_text() for t in plot.figure.legends[0].get_texts()]
+    assert "bucket with mismatches (count written)" in legend
+    assert any("unsupported, not probed" in text for text in legend)
+    assert "not probed" in plot.caption.lower() or "Not probed" in plot.caption
+
+
+def test_distributed_plot_draws_latency_and_bytes_with_predictions_and_failed_points(rendered):
+    plot = rendered["distributed"]
+    data = plot.data
+    assert {"latency_max_ms", "bytes_sent_max_mib", "predicted_mib"} <= set(data["metric"])
+    series = set(data["series"])
+    assert {"dense (sequence_parallel)", "dilated w=[512,1536,4096] r=[1,2,4] (sequence_parallel)"} <= series
+    assert "dense (sequence_parallel) predicted" in series
+    measured = data[(data["metric"] == "bytes_sent_max_mib") & (data["status"] == "ok")]
+    predicted = data[data["metric"] == "predicted_mib"]
+    joined = measured.merge(predicted, on=["x"], suffixes=("", "_p"))
+    joined = joined[joined["series_p"] == joined["series"] + " predicted"]
+    assert len(joined) == len(measured) and (joined["y"] == joined["y_p"]).all()
+    # The dense N=8192 point failed on both ranks: drawn as a failed point where its line stopped.
+    failed = data[(data["metric"] == "latency_max_ms") & (data["status"] != "ok")]
+    assert list(failed["x"]) == [8192] and failed["status"].iloc[0] == "error"
+    last_ok = data[(data["metric"] == "latency_max_ms") & (data["series"] == "dense (sequence_parallel)")
+                   & (data["x"] == 4096)]
+    assert failed["y"].iloc[0] == pytest.approx(last_ok["y"].iloc[0])
+
+
+def test_distributed_bytes_axis_stays_linear_when_a_rank_sends_nothing(fixture_rows, tmp_path):
+    rows = fixture_rows[fixture_rows["kind"] == "distributed"].copy()
+    rows[["bytes_sent_forward", "bytes_sent_backward", "predicted_bytes_sent_forward",
+          "predicted_bytes_sent_backward"]] = 0
+    plot = plots.plot_distributed(rows, tmp_path, Palette.from_frame(rows))
+    bytes_axis = next(ax for ax in plot.figure.axes if "bytes" in ax.get_ylabel())
+    assert bytes_axis.get_yscale() == "linear" and plot.png.exists()
 
 
 def test_attention_pattern_counts_match_the_exact_pair_formula(rendered):
@@ -110,3 +175,9 @@ def test_a_store_of_mostly_failed_points_still_plots_and_an_all_failed_one_says_
     assert memory.skipped and "peak_mem_mib" in memory.skipped
     pareto = plots.plot_pareto(speed, tmp_path, palette)
     assert pareto.skipped and "retrieval" in pareto.skipped
+    dist = fixture_rows[fixture_rows["kind"] == "distributed"].assign(status="oom")
+    skipped = plots.plot_distributed(dist, tmp_path, palette)
+    assert skipped.skipped and "oom: 8" in skipped.skipped
+    probe = fixture_rows[(fixture_rows["kind"] == "probe") & (fixture_rows["status"] == "unsupported")]
+    not_probed = plots.plot_probe(probe, tmp_path, palette)
+    assert not_probed.skipped and "unsupported" in not_probed.skipped
