@@ -103,6 +103,26 @@ class BenchmarkConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """The `distributed` job (harness/bench/distributed.py): sequence-parallel dense and dilated attention.
+
+    Shapes, dtypes, causal, passes, warmup, timing, threads, device and the per-point timeout come from
+    `benchmark`; the variants from `attention` + `variants`.
+    """
+
+    # Ranks per process group when `shootout` starts them itself, one group per entry (on CUDA, one GPU per rank).
+    # Under torchrun (RANK/WORLD_SIZE set) the launcher's group is used and this is ignored.
+    world_sizes: List[int] = field(default_factory=lambda: [2])
+    dist_backend: str = "auto"  # auto (nccl on cuda, gloo on cpu) | gloo | nccl
+    calls_per_sample: int = 1  # attention calls per timed sample
+    check_max_seq_len: int = 4096  # compare with the single-process attention up to this seq_len (0: off)
+    collective_timeout_s: float = 60.0  # process-group timeout: the longest a rank waits in one collective
+    health_timeout_s: float = 10.0  # after a failed collective, how long ranks wait for each other to check in
+    # "module:function" run on every rank before each point: (point: dict, rank) -> None. For fault injection.
+    fault_hook: Optional[str] = None
+
+
+@dataclass
 class ShootoutConfig:
     # What the run does, in order; see harness.run.JOBS (speed, probe, retrieval). One W&B run, one report.
     jobs: List[str] = field(default_factory=lambda: ["speed"])
@@ -124,6 +144,7 @@ class ShootoutConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     report: bool = True  # write results/<name>/report.md and report.html at the end of the run
     logger: Dict[str, Any] = field(default_factory=lambda: {"_target_": "harness.loggers.NullLogger"})
 

@@ -3,21 +3,23 @@
     run(cfg)                     # what `shootout ...` does for each (multirun) job
     check(cfg)                   # every job validates cfg without running anything; raises ConfigError
 
-`cfg.jobs` lists what the run does, in order: `speed` (harness.bench), `probe` and `retrieval`
-(harness.retrieval). All of a run's rows land in one store part and one W&B run; the report is rewritten from
+`cfg.jobs` lists what the run does, in order: `speed` and `distributed` (harness.bench), `probe` and
+`retrieval` (harness.retrieval). All of a run's rows land in one store part and one W&B run; the report is rewritten from
 the whole store at the end, so it always shows every job of the experiment so far.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any, Callable
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .bench import run_speed
+from .bench import run_distributed, run_speed
 from .config import ConfigError
+from .loggers import NullLogger
 from .retrieval.config import RetrievalConfigError
 from .store import ResultsStore, default_job_id
 
@@ -79,6 +81,7 @@ JOBS: dict[str, Callable[..., object]] = {
     "speed": run_speed,
     "probe": run_probe_job,
     "retrieval": run_retrieval_job,
+    "distributed": run_distributed,
 }
 
 
@@ -116,12 +119,16 @@ def run(cfg: DictConfig, jobs: list[Callable[..., object]] | None = None) -> Res
     job_name, job_num = _hydra_job()
     job_id = f"{default_job_id()}-{'' if job_num is None else f'j{job_num}-'}{uuid.uuid4().hex[:6]}"
     store = ResultsStore(cfg.results_dir, cfg.name, job_id=job_id)
-    logger = instantiate(cfg.logger)
+    # Under torchrun every rank runs this; rank 0 alone tracks the run and writes the merged results and report.
+    lead = int(os.environ.get("RANK", "0")) == 0
+    logger = instantiate(cfg.logger) if lead else NullLogger()
     console = Console(stderr=True)
     try:
         logger.start(OmegaConf.to_container(cfg, resolve=True), cfg.name, job_name)
         for job in jobs:
             job(cfg, store=store, logger=logger)
+        if not lead:
+            return store
         frame = store.consolidate()
         results = [store.dir / "results.parquet", store.dir / "results.csv"]
         if cfg.report and not frame.empty:

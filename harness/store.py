@@ -10,6 +10,7 @@ leaves every file readable: the previous complete version or the new one, never 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import socket
@@ -57,6 +58,13 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
         _atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
+def read_part(path: Path) -> pd.DataFrame:
+    """One part file, read in one go and parsed from memory. Another job may os.replace it at any moment; that
+    swaps the name to a new complete file, but a reader that opens the name twice (footer, then row groups) could
+    mix the old and the new file. The bytes of one open are always one complete version."""
+    return pd.read_parquet(io.BytesIO(path.read_bytes()))
+
+
 def default_job_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{socket.gethostname()}-{os.getpid()}"
 
@@ -102,7 +110,7 @@ class ResultsStore:
     def read(self) -> pd.DataFrame:
         """Every row of the experiment: all parts (the consolidated file is only a merged copy of them)."""
         parts = sorted((self.dir / "parts").glob("*.parquet"))
-        frames = [pd.read_parquet(p) for p in parts]
+        frames = [read_part(p) for p in parts]
         if not frames:
             return pd.DataFrame(columns=list(BASE_COLUMNS))
         return pd.concat(frames, ignore_index=True, sort=False)
