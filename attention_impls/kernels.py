@@ -42,15 +42,13 @@ def merge_lse_into(
     """In place on (strided) views: (out_acc, lse_acc) <- the log-sum-exp merge with (out_part, lse_part).
 
     Outputs are (..., m, Hs, D) and lse (B, Hs, ..., m) with the same middle dimensions (B, S, m, Hs, D) and
-    (B, Hs, S, m); an lse of -inf means "nothing yet" and merges to the part itself. out_part is consumed.
+    (B, Hs, S, m); an lse of -inf means "nothing yet" and merges to the part itself.
     """
     lse_new = torch.logaddexp(lse_acc, lse_part)
     # move lse's heads next to head_dim to broadcast against the outputs
     keep = torch.exp(lse_acc - lse_new).movedim(1, -1)[..., None]
     take = torch.exp(lse_part - lse_new).movedim(1, -1)[..., None]
-    # out_part is the kernel's fresh output: scale it in place (half-precision parts are upcast first)
-    out_part = out_part.mul_(take) if out_part.dtype == out_acc.dtype else out_part.to(out_acc.dtype).mul_(take)
-    out_acc.mul_(keep).add_(out_part)
+    out_acc.mul_(keep).addcmul_(out_part, take)  # two passes over the outputs: rescale, then add the part
     lse_acc.copy_(lse_new)
 
 

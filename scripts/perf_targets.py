@@ -13,7 +13,7 @@ runner's own (harness.bench.measure), so the numbers here mean what they mean in
 from __future__ import annotations
 
 import argparse
-import math
+import statistics
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -31,6 +31,7 @@ from harness.store import ResultsStore, config_hash
 DILATED = {"segment_lengths": [2048, 4096, 8192], "dilation_rates": [1, 2, 4]}
 PAPER = {"segment_lengths": [2048, 4096, 8192, 16384, 32768], "dilation_rates": [1, 2, 4, 6, 12]}
 SMOKE_DILATED = {"segment_lengths": [64, 128, 256], "dilation_rates": [1, 2, 4]}
+ROUNDS = 3  # interleaved measurement rounds per ratio; the ratio reported is the median of the rounds' ratios
 
 
 @dataclass
@@ -80,6 +81,18 @@ class Targets:
             call()  # warm-up (and compile)
             return time_call(call, self.sizes.min_run_time_s, min_repeats=3)
 
+    def ceiling_now(self) -> float:
+        """The matmul ceiling re-measured now: the shared machine's speed drifts between minutes."""
+        size = 2048 if not self.args.smoke else 256
+        return matmul_ceiling(self.args.device, self.args.dtype, size=size,
+                              min_run_time_s=0.5 if not self.args.smoke else 0.05)["matmul_peak_flops_per_s"]
+
+    def rounds(self, measure: Callable[[], tuple[float, ...]], count: int = ROUNDS) -> tuple[float, ...]:
+        """Per-position medians over interleaved rounds of `measure()`: a load change hits every quantity alike,
+        and a ratio of two quantities taken in the same round is what the targets compare."""
+        samples = [measure() for _ in range(count)]
+        return tuple(statistics.median(column) for column in zip(*samples))
+
     def record(self, target: str, measured: float, limit: float, higher_is_better: bool, detail: str,
                **columns: Any) -> None:
         passed = measured >= limit if higher_is_better else measured <= limit
@@ -110,16 +123,32 @@ class Targets:
         def forward() -> None:
             attn(q, k, v)
 
-        # interleave the two so that a load change on a shared machine hits both alike
-        rounds = [(self.time(forward)["latency_median_s"], self.time(bare)["latency_median_s"]) for _ in range(3)]
-        t_forward = sorted(r[0] for r in rounds)[1]
-        t_bare = sorted(r[1] for r in rounds)[1]
-        self.record("dilated gather: time / bare sum of branch kernels", t_forward / t_bare, 1.05, False,
-                    f"N={n}, forward {t_forward * 1e3:.1f} ms, bare kernels {t_bare * 1e3:.1f} ms",
-                    seq_len=n, latency_median_s=t_forward)
         flops = ai.useful_flops(attn.params, 1, n, sizes.heads, sizes.head_dim, causal=False)
-        self.record("dilated gather: useful FLOP/s / matmul ceiling", flops / t_forward / self.ceiling, 0.80, True,
-                    f"{flops / t_forward / 1e9:.1f} GFLOP/s useful", seq_len=n, flops_per_s=flops / t_forward)
+
+        def one_round() -> tuple[float, ...]:
+            t_forward, t_bare = self.time(forward)["latency_median_s"], self.time(bare)["latency_median_s"]
+            ceiling = self.ceiling_now()
+            return t_forward / t_bare, flops / t_forward / ceiling, t_forward, t_bare, ceiling
+
+        overhead, efficiency, t_forward, t_bare, ceiling = self.rounds(one_round)
+        self.record("dilated gather: time / bare sum of branch kernels", overhead, 1.05, False,
+                    f"N={n}, forward {t_forward * 1e3:.1f} ms, bare kernels {t_bare * 1e3:.1f} ms "
+                    f"(medians of {ROUNDS} interleaved rounds)", seq_len=n, latency_median_s=t_forward)
+        self.record("dilated gather: useful FLOP/s / matmul ceiling", efficiency, 0.80, True,
+                    f"{flops / t_forward / 1e9:.1f} GFLOP/s useful, ceiling {ceiling / 1e9:.1f} GFLOP/s re-measured "
+                    f"each round", seq_len=n, flops_per_s=flops / t_forward)
+        # The same overhead seen from inside one call, which load drift cannot tilt: torch.profiler's self time
+        # of everything that is not the attention kernel, over the whole call.
+        with torch.inference_mode(), torch.profiler.profile() as profile:
+            forward()
+        events = profile.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        in_kernel = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key
+                        or "efficient_attention" in e.key or e.key == "aten::bmm")
+        self.record("dilated gather: share of forward time outside the attention kernel (profiler)",
+                    1.0 - in_kernel / total, 0.05, False,
+                    f"{(total - in_kernel) / 1e3:.1f} of {total / 1e3:.1f} ms self CPU time outside the kernel",
+                    seq_len=n)
         del gathered
         with torch.inference_mode():
             peak, method = peak_memory_bytes(forward, self.device)
@@ -133,10 +162,15 @@ class Targets:
         def forward_backward() -> None:
             torch.autograd.grad(attn(q, k, v), (q, k, v), grad_out)
 
-        t_both = self.time(forward_backward, grad=True)["latency_median_s"]
-        t_forward = self.time(forward)["latency_median_s"]
-        self.record("dilated gather: forward+backward / forward", t_both / t_forward, 3.5, False,
-                    f"fwd+bwd {t_both * 1e3:.1f} ms, fwd {t_forward * 1e3:.1f} ms", seq_len=n)
+        def both_round() -> tuple[float, ...]:
+            t_both = self.time(forward_backward, grad=True)["latency_median_s"]
+            t_forward = self.time(forward)["latency_median_s"]
+            return t_both / t_forward, t_both, t_forward
+
+        ratio, t_both, t_forward = self.rounds(both_round)
+        self.record("dilated gather: forward+backward / forward", ratio, 3.5, False,
+                    f"fwd+bwd {t_both * 1e3:.1f} ms, fwd {t_forward * 1e3:.1f} ms (medians of {ROUNDS} rounds)",
+                    seq_len=n)
 
     # -- target 2: linear scaling of the paper's configuration -------------------------------------------------
     def dilated_scaling(self) -> None:
@@ -172,15 +206,19 @@ class Targets:
                     return lambda: torch.autograd.grad(attn(q, k, v, causal=True), (q, k, v), grad_out)
                 return lambda: attn(q, k, v, causal=True)
 
-            rates = {}
-            for name, attn in (("window", window), ("dense", dense)):
-                seconds = self.time(run(attn), grad=grad)["latency_median_s"]
-                rates[name] = ai.useful_flops(attn.params, 1, n, sizes.heads, sizes.head_dim, True, grad) / seconds
+            def one_round() -> tuple[float, ...]:
+                rates = []
+                for attn in (window, dense):
+                    seconds = self.time(run(attn), grad=grad)["latency_median_s"]
+                    rates.append(ai.useful_flops(attn.params, 1, n, sizes.heads, sizes.head_dim, True, grad)
+                                 / seconds)
+                return rates[0] / rates[1], rates[0], rates[1]
+
+            ratio, window_rate, dense_rate = self.rounds(one_round)
             label = "forward+backward" if grad else "forward"
-            self.record(f"sliding window ({window.backend}) useful FLOP/s / dense SDPA's, {label}",
-                        rates["window"] / rates["dense"], 0.60, True,
-                        f"window {sizes.window} causal N={n}: {rates['window'] / 1e9:.1f} vs "
-                        f"{rates['dense'] / 1e9:.1f} GFLOP/s", seq_len=n)
+            self.record(f"sliding window ({window.backend}) useful FLOP/s / dense SDPA's, {label}", ratio, 0.60,
+                        True, f"window {sizes.window} causal N={n}: {window_rate / 1e9:.1f} vs "
+                              f"{dense_rate / 1e9:.1f} GFLOP/s (medians of {ROUNDS} rounds)", seq_len=n)
 
     # -- target 4: backend=None picks the fastest ----------------------------------------------------------------
     def auto_pick(self) -> None:

@@ -33,12 +33,9 @@ Per point and rank (measure order, as in the speed job):
 
 from __future__ import annotations
 
-import ctypes
 import datetime
-import gc
 import importlib
 import json
-import math
 import multiprocessing.connection
 import os
 import signal
@@ -46,7 +43,6 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
@@ -60,7 +56,8 @@ from attention_impls.params import check_dilated_coverage
 from .. import environment
 from ..config import ConfigError
 from ..store import ResultsStore, config_hash
-from .measure import DTYPES, PASSES
+from .measure import DTYPES, PASSES, _sync, peak_memory_bytes
+from .sweep import _check_positive, check_benchmark_shape_and_timing
 
 KIND = "distributed"
 MECHANISMS = ("dense", "dilated")  # what attention_impls.distributed implements
@@ -68,8 +65,6 @@ BACKEND = "sequence_parallel"
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 TIMING_METHOD = ("all_reduce(MAX) of the time so far (untimed, synchronises the ranks and decides when to stop), "
                  "then perf_counter around calls_per_sample calls (device synchronised), per rank")
-CPU_MEMORY_METHOD = "cpu: VmHWM - VmRSS before the call (malloc_trim, clear_refs=5 resets the high-water mark)"
-CUDA_MEMORY_METHOD = "cuda: max_memory_allocated - memory_allocated before the call (peak stats reset)"
 NOISY_IQR_FRACTION = 0.1
 # After a rank fails, how long the others may take to notice and record it, beyond the collective and health
 # timeouts (process start-up and a slow last row included).
@@ -156,11 +151,6 @@ class DistributedPlan:
         return [p for p in self.points if p.world_size == world_size]
 
 
-def _positive(name: str, value: Any, minimum: float = 1) -> None:
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-        raise ConfigError(f"{name}={value} must be >= {minimum:g}")
-
-
 def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -187,16 +177,9 @@ def plan_distributed(cfg: DictConfig) -> DistributedPlan:
     """Validate everything the distributed job needs and expand its points; raises ConfigError on bad input."""
     bench, dist_cfg = cfg.benchmark, cfg.distributed
     device = _device(bench.device)
-    for name in ("batch", "heads", "head_dim", "min_repeats"):
-        _positive(f"benchmark.{name}", bench[name])
-    _positive("benchmark.warmup", bench.warmup, 0)
-    for name in ("min_run_time_s", "timeout_s"):
-        if not bench[name] > 0:
-            raise ConfigError(f"benchmark.{name}={bench[name]} must be > 0")
-    if bench.threads is not None:
-        _positive("benchmark.threads", bench.threads)
-    _positive("distributed.calls_per_sample", dist_cfg.calls_per_sample)
-    _positive("distributed.check_max_seq_len", dist_cfg.check_max_seq_len, 0)
+    check_benchmark_shape_and_timing(bench)
+    _check_positive("distributed.calls_per_sample", dist_cfg.calls_per_sample)
+    _check_positive("distributed.check_max_seq_len", dist_cfg.check_max_seq_len, 0)
     for name in ("collective_timeout_s", "health_timeout_s"):
         if not dist_cfg[name] > 0:
             raise ConfigError(f"distributed.{name}={dist_cfg[name]} must be > 0")
@@ -219,7 +202,7 @@ def plan_distributed(cfg: DictConfig) -> DistributedPlan:
         if not world_sizes:
             raise ConfigError("distributed.world_sizes is empty; give at least one number of ranks, e.g. [2]")
         for world_size in world_sizes:
-            _positive("distributed.world_sizes entry", world_size)
+            _check_positive("distributed.world_sizes entry", world_size)
             if device == "cuda" and world_size > torch.cuda.device_count():
                 raise ConfigError(f"distributed.world_sizes has {world_size} ranks, but this machine has "
                                   f"{torch.cuda.device_count()} GPUs (one per rank); launch with torchrun across "
@@ -288,43 +271,6 @@ def plan_distributed(cfg: DictConfig) -> DistributedPlan:
 
 
 # ---- one rank ------------------------------------------------------------------------------------------------
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _proc_status_kib(field_name: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1])
-    raise OSError(f"{field_name} not in /proc/self/status")
-
-
-def peak_memory_bytes(call: Callable[[], Any], device: torch.device) -> tuple[float, str]:
-    """Peak memory of one call above what was allocated before it. Every rank must make the call, whatever
-    happens here: the others wait for its collectives."""
-    if device.type == "cuda":
-        _sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        baseline = torch.cuda.memory_allocated(device)
-        call()
-        _sync(device)
-        return float(torch.cuda.max_memory_allocated(device) - baseline), CUDA_MEMORY_METHOD
-    try:
-        gc.collect()
-        try:  # hand freed heap back to the OS, so this call's peak counts its own allocations
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
-        baseline_kib = _proc_status_kib("VmRSS")
-    except OSError as error:
-        call()
-        return math.nan, f"not measured: cannot reset the RSS high-water mark ({error})"
-    call()
-    return float(max(_proc_status_kib("VmHWM") - baseline_kib, 0) * 1024), CPU_MEMORY_METHOD
-
 
 def time_samples(call: Callable[[], Any], device: torch.device, settings: RankSettings, label: str,
                  health_timeout_s: float) -> dict[str, Any]:

@@ -213,7 +213,9 @@ def cpu_memory_supported() -> str | None:
 
 
 def peak_memory_bytes(call: Callable[[], Any], device: torch.device) -> tuple[float, str]:
-    """Peak memory of one call above what was allocated before it (inputs included in the baseline)."""
+    """Peak memory of one call above what was allocated before it (inputs included in the baseline).
+
+    The call is always made, measured or not: the ranks of a distributed point wait for its collectives."""
     if device.type == "cuda":
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -222,6 +224,7 @@ def peak_memory_bytes(call: Callable[[], Any], device: torch.device) -> tuple[fl
         _sync(device)
         return float(torch.cuda.max_memory_allocated(device) - baseline), CUDA_MEMORY_METHOD
     if (why_not := cpu_memory_supported()) is not None:
+        call()
         return math.nan, f"not measured: {why_not}"
     _release_free_memory()
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS

@@ -84,14 +84,12 @@ def _device(name: str) -> str:
 
 
 def _check_positive(name: str, value: Any, minimum: float = 1) -> None:
-    if value is None or isinstance(value, bool) or value < minimum:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
         raise ConfigError(f"{name}={value} must be >= {minimum:g}")
 
 
-def plan_speed(cfg: DictConfig) -> SpeedPlan:
-    """Validate everything a speed run needs and expand its points; raises ConfigError on bad input."""
-    bench = cfg.benchmark
-    device = _device(bench.device)
+def check_benchmark_shape_and_timing(bench: DictConfig) -> None:
+    """The benchmark keys every measuring job (speed, distributed) shares: shape, repeats, budgets, threads."""
     for name in ("batch", "heads", "head_dim", "min_repeats"):
         _check_positive(f"benchmark.{name}", bench[name])
     _check_positive("benchmark.warmup", bench.warmup, 0)
@@ -100,6 +98,13 @@ def plan_speed(cfg: DictConfig) -> SpeedPlan:
             raise ConfigError(f"benchmark.{name}={bench[name]} must be > 0")
     if bench.threads is not None:
         _check_positive("benchmark.threads", bench.threads)
+
+
+def plan_speed(cfg: DictConfig) -> SpeedPlan:
+    """Validate everything a speed run needs and expand its points; raises ConfigError on bad input."""
+    bench = cfg.benchmark
+    device = _device(bench.device)
+    check_benchmark_shape_and_timing(bench)
     if bench.worker_memory_limit_gb is not None and not bench.worker_memory_limit_gb > 0:
         raise ConfigError(f"benchmark.worker_memory_limit_gb={bench.worker_memory_limit_gb} must be > 0 (or null)")
     if bench.isolation not in ("process", "inline"):
