@@ -159,8 +159,9 @@ def train_model(model: TinyDecoder, cfg: RetrievalConfig, device: torch.device,
             metrics["train/seconds"] = time.perf_counter() - start
             logger.log_metrics(metrics, step=step)
             history.append({"step": step, **metrics})
+            # postfix first and without its own refresh, so redraws follow update()'s mininterval
+            bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{accuracy:.2f}", val=f"{val_accuracy:.2f}", refresh=False)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{accuracy:.2f}", val=f"{val_accuracy:.2f}")
             if "val/accuracy" in metrics and val_accuracy >= train.target_accuracy:
                 stop_reason = "target_accuracy"
                 break
