@@ -57,7 +57,7 @@ from .. import environment
 from ..config import ConfigError
 from ..store import ResultsStore, config_hash
 from .measure import DTYPES, PASSES, _sync, peak_memory_bytes
-from .sweep import _check_positive, check_benchmark_shape_and_timing
+from .sweep import check_positive, check_benchmark_shape_and_timing
 
 KIND = "distributed"
 MECHANISMS = ("dense", "dilated")  # what attention_impls.distributed implements
@@ -178,8 +178,8 @@ def plan_distributed(cfg: DictConfig) -> DistributedPlan:
     bench, dist_cfg = cfg.benchmark, cfg.distributed
     device = _device(bench.device)
     check_benchmark_shape_and_timing(bench)
-    _check_positive("distributed.calls_per_sample", dist_cfg.calls_per_sample)
-    _check_positive("distributed.check_max_seq_len", dist_cfg.check_max_seq_len, 0)
+    check_positive("distributed.calls_per_sample", dist_cfg.calls_per_sample)
+    check_positive("distributed.check_max_seq_len", dist_cfg.check_max_seq_len, 0)
     for name in ("collective_timeout_s", "health_timeout_s"):
         if not dist_cfg[name] > 0:
             raise ConfigError(f"distributed.{name}={dist_cfg[name]} must be > 0")
@@ -202,7 +202,7 @@ def plan_distributed(cfg: DictConfig) -> DistributedPlan:
         if not world_sizes:
             raise ConfigError("distributed.world_sizes is empty; give at least one number of ranks, e.g. [2]")
         for world_size in world_sizes:
-            _check_positive("distributed.world_sizes entry", world_size)
+            check_positive("distributed.world_sizes entry", world_size)
             if device == "cuda" and world_size > torch.cuda.device_count():
                 raise ConfigError(f"distributed.world_sizes has {world_size} ranks, but this machine has "
                                   f"{torch.cuda.device_count()} GPUs (one per rank); launch with torchrun across "

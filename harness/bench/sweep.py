@@ -83,7 +83,7 @@ def _device(name: str) -> str:
     raise ConfigError(f"benchmark.device={name!r} is not known; choose one of: cpu, cuda, cuda:<index>, auto")
 
 
-def _check_positive(name: str, value: Any, minimum: float = 1) -> None:
+def check_positive(name: str, value: Any, minimum: float = 1) -> None:
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
         raise ConfigError(f"{name}={value} must be >= {minimum:g}")
 
@@ -91,13 +91,13 @@ def _check_positive(name: str, value: Any, minimum: float = 1) -> None:
 def check_benchmark_shape_and_timing(bench: DictConfig) -> None:
     """The benchmark keys every measuring job (speed, distributed) shares: shape, repeats, budgets, threads."""
     for name in ("batch", "heads", "head_dim", "min_repeats"):
-        _check_positive(f"benchmark.{name}", bench[name])
-    _check_positive("benchmark.warmup", bench.warmup, 0)
+        check_positive(f"benchmark.{name}", bench[name])
+    check_positive("benchmark.warmup", bench.warmup, 0)
     for name in ("min_run_time_s", "timeout_s"):
         if not bench[name] > 0:
             raise ConfigError(f"benchmark.{name}={bench[name]} must be > 0")
     if bench.threads is not None:
-        _check_positive("benchmark.threads", bench.threads)
+        check_positive("benchmark.threads", bench.threads)
 
 
 def plan_speed(cfg: DictConfig) -> SpeedPlan:
@@ -125,7 +125,7 @@ def plan_speed(cfg: DictConfig) -> SpeedPlan:
     if search:
         limits = bench.max_seq_len
         for name in ("start", "resolution"):
-            _check_positive(f"benchmark.max_seq_len.{name}", limits[name])
+            check_positive(f"benchmark.max_seq_len.{name}", limits[name])
         if limits.limit < limits.start:
             raise ConfigError(f"benchmark.max_seq_len.limit={limits.limit} must be >= start={limits.start}")
         if not limits.latency_budget_s > 0:
@@ -136,9 +136,9 @@ def plan_speed(cfg: DictConfig) -> SpeedPlan:
         if not seq_lens:
             raise ConfigError("benchmark.seq_lens is empty; give at least one sequence length")
     if bench.correctness.enabled:
-        _check_positive("benchmark.correctness.seq_len", bench.correctness.seq_len)
-        _check_positive("benchmark.correctness.batch", bench.correctness.batch)
-    _check_positive("benchmark.ceiling.size", bench.ceiling.size)
+        check_positive("benchmark.correctness.seq_len", bench.correctness.seq_len)
+        check_positive("benchmark.correctness.batch", bench.correctness.batch)
+    check_positive("benchmark.ceiling.size", bench.ceiling.size)
     if bench.fault_hook:
         _check_hook(bench.fault_hook)
 
