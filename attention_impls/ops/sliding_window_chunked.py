@@ -21,93 +21,126 @@ from ..kernels import CpuFlashKernel, LseKernel, MathKernel, default_scale, merg
 from ..registry import AttentionBackend, register
 
 
+# Rows per left-band block: the CPU flash kernel runs causal blocks of 128-256 rows about twice as fast per FLOP as
+# 512-row ones, and full (non-causal) blocks faster still (results/perf/NOTES.md), so a window is cut into
+# k = left / block blocks with block in this range when left allows; otherwise block = left (k = 1).
+LEFT_BAND_BLOCK_RANGE = (128, 256)
+
+
+def left_band_block(left: int, block_range: tuple[int, int] | None = None) -> int:
+    """The largest divisor of `left` in the block range, or `left` itself when none is."""
+    low, high = block_range or LEFT_BAND_BLOCK_RANGE
+    for block in range(min(high, left), low - 1, -1):
+        if left % block == 0:
+            return block
+    return left
+
+
 class _LeftBand:
-    """Views of (batch, padded_len, H, D) tensors as the two halves of the left-band decomposition."""
+    """Query blocks of `block` rows against key blocks `distance` blocks earlier, as batches of blocks.
+
+    With left = k * block, query row u of block b sees, in key block b - d: row t <= u for d = 0 (causal), every
+    row for 0 < d < k (a full square), row t >= u for d = k, which is causal once both blocks are read backwards.
+    """
 
     def __init__(self, batch: int, num_blocks: int, block: int) -> None:
         self.batch, self.num_blocks, self.block = batch, num_blocks, block
 
-    def own(self, x: torch.Tensor) -> torch.Tensor:
-        """Every block, as a batch of blocks: (B * nb, s, H, D)."""
-        return x.reshape(self.batch * self.num_blocks, self.block, *x.shape[2:])
+    def queries(self, x: torch.Tensor, distance: int, reverse: bool = False) -> torch.Tensor:
+        """Blocks distance.. of x: (B * (nb - distance), s, ...); rows reversed when `reverse`."""
+        return self._blocks(x[:, distance * self.block :], distance, reverse)
 
-    def later(self, x: torch.Tensor) -> torch.Tensor:
-        """Blocks 1.. (the queries of the previous-block half), rows reversed: (B * (nb - 1), s, H, D)."""
-        return self._reversed(x[:, self.block :])
+    def keys(self, x: torch.Tensor, distance: int, reverse: bool = False) -> torch.Tensor:
+        """Blocks ..nb-1-distance of x, paired with `queries(..., distance)`."""
+        return self._blocks(x[:, : (self.num_blocks - distance) * self.block], distance, reverse)
 
-    def earlier(self, x: torch.Tensor) -> torch.Tensor:
-        """Blocks ..nb-2 (the keys of the previous-block half), rows reversed."""
-        return self._reversed(x[:, : (self.num_blocks - 1) * self.block])
+    def _blocks(self, x: torch.Tensor, distance: int, reverse: bool) -> torch.Tensor:
+        blocks = x.reshape(self.batch, self.num_blocks - distance, self.block, *x.shape[2:])
+        return (blocks.flip(2) if reverse else blocks).reshape(-1, self.block, *x.shape[2:])
 
-    def _reversed(self, x: torch.Tensor) -> torch.Tensor:
-        blocks = x.reshape(self.batch, self.num_blocks - 1, self.block, *x.shape[2:])
-        return blocks.flip(2).reshape(-1, self.block, *x.shape[2:])
+    def unbatch(self, x: torch.Tensor, distance: int, reverse: bool = False) -> torch.Tensor:
+        """(B * (nb - distance), s, H, D) -> (B, nb - distance, s, H, D), rows back in order."""
+        blocks = x.reshape(self.batch, self.num_blocks - distance, self.block, *x.shape[2:])
+        return blocks.flip(2) if reverse else blocks
 
-    def unreverse(self, x: torch.Tensor) -> torch.Tensor:
-        """(B * (nb - 1), s, H, D) reversed rows -> (B, nb - 1, s, H, D) in order."""
-        return x.reshape(self.batch, self.num_blocks - 1, self.block, *x.shape[2:]).flip(2)
-
-    def lse_own(self, lse_BHN: torch.Tensor) -> torch.Tensor:
+    def lse_queries(self, lse_BHN: torch.Tensor, distance: int, reverse: bool = False) -> torch.Tensor:
+        """The queries' lse, (B, H, Np) -> (B * (nb - distance), H, s), rows as in `queries`."""
         b, h, _ = lse_BHN.shape
-        return lse_BHN.reshape(b, h, self.num_blocks, self.block).transpose(1, 2).reshape(-1, h, self.block)
-
-    def lse_later(self, lse_BHN: torch.Tensor) -> torch.Tensor:
-        b, h, _ = lse_BHN.shape
-        blocks = lse_BHN[:, :, self.block :].reshape(b, h, self.num_blocks - 1, self.block).flip(3)
+        blocks = lse_BHN[:, :, distance * self.block :].reshape(b, h, self.num_blocks - distance, self.block)
+        blocks = blocks.flip(3) if reverse else blocks
         return blocks.transpose(1, 2).reshape(-1, h, self.block)
 
+    def unbatch_lse(self, lse: torch.Tensor, distance: int, reverse: bool = False) -> torch.Tensor:
+        """(B * (nb - distance), H, s) -> (B, H, nb - distance, s), rows back in order."""
+        blocks = lse.reshape(self.batch, self.num_blocks - distance, lse.shape[1], self.block).transpose(1, 2)
+        return blocks.flip(3) if reverse else blocks
 
-def _left_band_forward(q, k, v, left: int, scale: float, kernel: LseKernel):
-    """q, k, v padded to whole blocks of `left` rows; returns (out (B, Np, H, D) accumulator dtype, lse (B, H, Np))."""
+    def parts(self, left: int) -> list[tuple[int, bool]]:
+        """(distance, causal) of every part that exists for this many blocks; reversed exactly when distance = k."""
+        steps = left // self.block
+        return [(d, d in (0, steps)) for d in range(steps + 1) if d < self.num_blocks]
+
+
+def _left_band_forward(q, k, v, left: int, block: int, scale: float, kernel: LseKernel):
+    """q, k, v padded to whole blocks; returns (out (B, Np, H, D) in the accumulator dtype, lse (B, H, Np))."""
     batch, padded_len, heads, head_dim = q.shape
-    band = _LeftBand(batch, padded_len // left, left)
+    band = _LeftBand(batch, padded_len // block, block)
     acc_dtype = torch.promote_types(q.dtype, torch.float32)
-    out_own, lse_own = kernel.forward(band.own(q), band.own(k), band.own(v), True, scale)
-    out = out_own.reshape(batch, padded_len, heads, head_dim).to(acc_dtype)
-    lse = lse_own.reshape(batch, band.num_blocks, heads, left).transpose(1, 2).reshape(batch, heads, padded_len)
-    lse = lse.to(acc_dtype)
-    if band.num_blocks > 1:
-        out_prev, lse_prev = kernel.forward(band.later(q), band.earlier(k), band.earlier(v), True, scale)
-        out_view = out[:, left:].view(batch, band.num_blocks - 1, left, heads, head_dim)
-        lse_view = lse[:, :, left:].view(batch, heads, band.num_blocks - 1, left)
-        lse_prev = lse_prev.reshape(batch, band.num_blocks - 1, heads, left).flip(3).transpose(1, 2)
-        merge_lse_into(out_view, lse_view, band.unreverse(out_prev), lse_prev.to(acc_dtype))
+    steps = left // block
+    out = lse = None
+    for distance, causal in band.parts(left):
+        reverse = distance == steps and distance > 0
+        out_part, lse_part = kernel.forward(band.queries(q, distance, reverse), band.keys(k, distance, reverse),
+                                            band.keys(v, distance, reverse), causal, scale)
+        if distance == 0:  # every query's own block: the first writer of every row
+            out = out_part.reshape(batch, padded_len, heads, head_dim).to(acc_dtype)
+            lse = band.unbatch_lse(lse_part, 0).reshape(batch, heads, padded_len).to(acc_dtype)
+            continue
+        merge_lse_into(out[:, distance * block :].view(batch, -1, block, heads, head_dim),
+                       lse[:, :, distance * block :].view(batch, heads, -1, block),
+                       band.unbatch(out_part, distance, reverse),
+                       band.unbatch_lse(lse_part, distance, reverse).to(acc_dtype))
     return out, lse
 
 
-def _left_band_backward(grad_out, q, k, v, out, lse, left: int, scale: float, kernel: LseKernel):
+def _left_band_backward(grad_out, q, k, v, out, lse, left: int, block: int, scale: float, kernel: LseKernel):
     batch, padded_len, heads, head_dim = q.shape
-    band = _LeftBand(batch, padded_len // left, left)
+    band = _LeftBand(batch, padded_len // block, block)
     lse = lse if q.dtype == torch.float64 else lse.float()
-    grad_q, grad_k, grad_v = (
-        g.reshape(batch, padded_len, heads, head_dim).to(torch.promote_types(q.dtype, torch.float32))
-        for g in kernel.backward(band.own(grad_out), band.own(q), band.own(k), band.own(v), band.own(out),
-                                 band.lse_own(lse), True, scale)
-    )
-    if band.num_blocks > 1:
-        dq, dk, dv = kernel.backward(band.later(grad_out), band.later(q), band.earlier(k), band.earlier(v),
-                                     band.later(out), band.lse_later(lse), True, scale)
-        span = (band.num_blocks - 1) * left
-        grad_q[:, left:] += band.unreverse(dq).reshape(batch, span, heads, head_dim)
-        grad_k[:, :span] += band.unreverse(dk).reshape(batch, span, heads, head_dim)
-        grad_v[:, :span] += band.unreverse(dv).reshape(batch, span, heads, head_dim)
+    acc_dtype = torch.promote_types(q.dtype, torch.float32)
+    steps = left // block
+    grad_q = grad_k = grad_v = None
+    for distance, causal in band.parts(left):
+        reverse = distance == steps and distance > 0
+        dq, dk, dv = kernel.backward(
+            band.queries(grad_out, distance, reverse), band.queries(q, distance, reverse),
+            band.keys(k, distance, reverse), band.keys(v, distance, reverse), band.queries(out, distance, reverse),
+            band.lse_queries(lse, distance, reverse), causal, scale)
+        if distance == 0:
+            grad_q, grad_k, grad_v = (g.reshape(batch, padded_len, heads, head_dim).to(acc_dtype)
+                                      for g in (dq, dk, dv))
+            continue
+        span = padded_len - distance * block
+        grad_q[:, distance * block :] += band.unbatch(dq, distance, reverse).reshape(batch, span, heads, head_dim)
+        grad_k[:, :span] += band.unbatch(dk, distance, reverse).reshape(batch, span, heads, head_dim)
+        grad_v[:, :span] += band.unbatch(dv, distance, reverse).reshape(batch, span, heads, head_dim)
     return grad_q, grad_k, grad_v
 
 
 class _LeftBandFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, left: int, scale: float, kernel: LseKernel):
+    def forward(ctx, q, k, v, left: int, block: int, scale: float, kernel: LseKernel):
         seq_len = q.shape[1]
-        padded_len = math.ceil(seq_len / left) * left
-        # Padding sits after every real position: causal real queries never see it, and the previous-block half
-        # only reads keys from blocks that are entirely real. Padded query rows are computed and dropped.
+        padded_len = math.ceil(seq_len / block) * block
+        # Padding sits after every real position: causal real queries never see it, and the parts at distance
+        # >= 1 only read keys from blocks that are entirely real. Padded query rows are computed and dropped.
         if padded_len != seq_len:
             q, k, v = (F.pad(x, (0, 0, 0, 0, 0, padded_len - seq_len)) for x in (q, k, v))
         q, k, v = (x.contiguous() for x in (q, k, v))
-        out, lse = _left_band_forward(q, k, v, left, scale, kernel)
+        out, lse = _left_band_forward(q, k, v, left, block, scale, kernel)
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.left, ctx.scale, ctx.kernel, ctx.seq_len = left, scale, kernel, seq_len
+        ctx.left, ctx.block, ctx.scale, ctx.kernel, ctx.seq_len = left, block, scale, kernel, seq_len
         return out[:, :seq_len]
 
     @staticmethod
@@ -117,14 +150,17 @@ class _LeftBandFunction(torch.autograd.Function):
         if q.shape[1] != ctx.seq_len:
             grad_out = F.pad(grad_out, (0, 0, 0, 0, 0, q.shape[1] - ctx.seq_len))
         grad_out = grad_out.contiguous()
-        grads = _left_band_backward(grad_out, q, k, v, out, lse, ctx.left, ctx.scale, ctx.kernel)
-        return tuple(g[:, : ctx.seq_len].to(q.dtype) for g in grads) + (None, None, None)
+        grads = _left_band_backward(grad_out, q, k, v, out, lse, ctx.left, ctx.block, ctx.scale, ctx.kernel)
+        return tuple(g[:, : ctx.seq_len].to(q.dtype) for g in grads) + (None, None, None, None)
 
 
-def left_band_attention(q, k, v, left: int, scale: float) -> torch.Tensor:
+def left_band_attention(q, k, v, left: int, scale: float, block: int | None = None) -> torch.Tensor:
     """Exact sliding-window attention for windows (left, 0), left >= 1; (batch, seq, heads, head_dim)."""
     kernel = CpuFlashKernel() if q.device.type == "cpu" else MathKernel()
-    return _LeftBandFunction.apply(q, k, v, left, scale, kernel)
+    block = left_band_block(left) if block is None else block
+    if left % block:
+        raise ValueError(f"block={block} must divide left={left}")
+    return _LeftBandFunction.apply(q, k, v, left, block, scale, kernel)
 
 
 def block_size(left: int, right: int, seq_len: int) -> int:
@@ -177,7 +213,10 @@ class SlidingWindowChunked(AttentionBackend):
 
     def executed_pairs(self, seq_len, num_heads, causal):
         left, right, block, num_blocks = self._geometry(seq_len, causal)
-        if right == 0 and left >= 1:  # two causal triangles of left x left per block, padding included
-            blocks = math.ceil(seq_len / left)
-            return num_heads * (2 * blocks - 1) * left * (left + 1) // 2
+        if right == 0 and left >= 1:  # per query block: two causal triangles and k - 1 full squares, padded
+            block = left_band_block(left)
+            band = _LeftBand(1, math.ceil(seq_len / block), block)
+            return num_heads * sum((band.num_blocks - distance) * (block * (block + 1) // 2 if causal_part
+                                                                    else block * block)
+                                   for distance, causal_part in band.parts(left))
         return num_heads * num_blocks * block * (block + left + right)

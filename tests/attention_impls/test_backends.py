@@ -168,3 +168,20 @@ def test_perturbing_the_future_never_changes_a_causal_output(mechanism, backend,
             x[:, cut + 1:] = torch.randn_like(x[:, cut + 1:]) * 10
         out = attn(*perturbed, causal=True)
         assert torch.equal(out[:, : cut + 1], base[:, : cut + 1])
+
+
+@pytest.mark.parametrize("block_range", [(2, 4), (3, 3), (1, 1)])
+def test_left_band_blocks_of_any_divisor_are_exact(block_range, monkeypatch):
+    """The left-band path cuts a window into k = left / block blocks: full squares between two triangles."""
+    from attention_impls.ops import sliding_window_chunked
+
+    monkeypatch.setattr(sliding_window_chunked, "LEFT_BAND_BLOCK_RANGE", block_range)
+
+    @SETTINGS
+    @given(shape=shapes(), left=st.integers(1, 24), seed=st.integers(0, 2**16))
+    def check(shape, left, seed):
+        params = {"window": [left, 0]}
+        assert_matches_reference(ai.build("sliding_window", "chunked", **params), "sliding_window", params, shape,
+                                 seed=seed)
+
+    check()
