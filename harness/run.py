@@ -36,19 +36,25 @@ def _check_device(key: str, device: str) -> None:
                           f"use {key}=cpu")
 
 
+def _check_retrieval_side(cfg: DictConfig, job: str, validate_sections: Callable[[], None], device_key: str) -> None:
+    """The probe and retrieval jobs' checks, as ConfigError: their sections, the device, every variant."""
+    from .retrieval.run import normalize_attention
+
+    try:
+        validate_sections()
+        _check_device(device_key, OmegaConf.select(cfg, device_key))
+        for variant in _variants(cfg):
+            normalize_attention(variant)
+    except (RetrievalConfigError, ValueError, TypeError) as error:
+        raise ConfigError(f"{job}: {error}") from None
+
+
 def run_probe_job(cfg: DictConfig, store: ResultsStore | None = None, logger: Any = None,
                   check_only: bool = False):
     from .retrieval import run_probe
     from .retrieval.config import ProbeConfig
-    from .retrieval.run import normalize_attention
 
-    try:
-        ProbeConfig.from_mapping(cfg.probe).validate()
-        _check_device("probe.device", cfg.probe.device)
-        for variant in _variants(cfg):
-            normalize_attention(variant)
-    except (RetrievalConfigError, ValueError, TypeError) as error:
-        raise ConfigError(f"probe: {error}") from None
+    _check_retrieval_side(cfg, "probe", lambda: ProbeConfig.from_mapping(cfg.probe).validate(), "probe.device")
     if check_only:
         return None
     return run_probe(_variants(cfg), cfg.probe, store, logger)
@@ -60,16 +66,10 @@ def run_retrieval_job(cfg: DictConfig, store: ResultsStore | None = None, logger
 
     from .retrieval import run_retrieval
     from .retrieval.config import RetrievalConfig
-    from .retrieval.run import normalize_attention
 
     sections = {name: cfg[name] for name in ("task", "model", "train", "eval")}
-    try:
-        RetrievalConfig.from_mapping(sections).validate()
-        _check_device("train.device", cfg.train.device)
-        for variant in _variants(cfg):
-            normalize_attention(variant)
-    except (RetrievalConfigError, ValueError, TypeError) as error:
-        raise ConfigError(f"retrieval: {error}") from None
+    _check_retrieval_side(cfg, "retrieval", lambda: RetrievalConfig.from_mapping(sections).validate(),
+                          "train.device")
     if check_only:
         return None
     frames = [run_retrieval(variant, sections, store, logger, resume=cfg.resume) for variant in _variants(cfg)]
@@ -92,6 +92,9 @@ def check(cfg: DictConfig) -> list[Callable[..., object]]:
     unknown = [name for name in cfg.jobs if name not in JOBS]
     if unknown:
         raise ConfigError(f"jobs={list(cfg.jobs)}: {unknown} not known; choose from: {', '.join(JOBS)}")
+    if not cfg.name or cfg.name in (".", "..") or "/" in cfg.name or "\\" in cfg.name:
+        raise ConfigError(f"name={cfg.name!r} must be a plain folder name (results go to results_dir/name/); "
+                          f"to write elsewhere set results_dir")
     jobs = [JOBS[name] for name in cfg.jobs]
     for job in jobs:
         job(cfg, check_only=True)

@@ -57,7 +57,7 @@ from .. import environment
 from ..config import ConfigError
 from ..store import ResultsStore, config_hash
 from .measure import DTYPES, PASSES, _sync, peak_memory_bytes
-from .sweep import check_positive, check_benchmark_shape_and_timing
+from .sweep import check_benchmark_shape_and_timing, check_hook, check_positive
 
 KIND = "distributed"
 MECHANISMS = ("dense", "dilated")  # what attention_impls.distributed implements
@@ -163,16 +163,6 @@ def _device(name: str) -> str:
     return name
 
 
-def _check_hook(path: str) -> None:
-    module_name, _, function_name = path.partition(":")
-    try:
-        function = getattr(importlib.import_module(module_name), function_name, None)
-    except ImportError as error:
-        raise ConfigError(f"distributed.fault_hook={path!r}: cannot import {module_name!r} ({error})") from None
-    if not callable(function):
-        raise ConfigError(f"distributed.fault_hook={path!r} must name a function as 'module:function'")
-
-
 def plan_distributed(cfg: DictConfig) -> DistributedPlan:
     """Validate everything the distributed job needs and expand its points; raises ConfigError on bad input."""
     bench, dist_cfg = cfg.benchmark, cfg.distributed
@@ -192,7 +182,7 @@ def plan_distributed(cfg: DictConfig) -> DistributedPlan:
         raise ConfigError("distributed.dist_backend=nccl needs benchmark.device=cuda (NCCL moves GPU tensors); "
                           "use gloo on CPU")
     if dist_cfg.fault_hook:
-        _check_hook(dist_cfg.fault_hook)
+        check_hook("distributed.fault_hook", dist_cfg.fault_hook)
 
     launcher = "torchrun" if under_torchrun() else "spawn"
     if launcher == "torchrun":

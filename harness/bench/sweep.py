@@ -140,7 +140,7 @@ def plan_speed(cfg: DictConfig) -> SpeedPlan:
         check_positive("benchmark.correctness.batch", bench.correctness.batch)
     check_positive("benchmark.ceiling.size", bench.ceiling.size)
     if bench.fault_hook:
-        _check_hook(bench.fault_hook)
+        check_hook("benchmark.fault_hook", bench.fault_hook)
 
     variants = _variants(cfg)
     for variant in variants:
@@ -163,16 +163,17 @@ def plan_speed(cfg: DictConfig) -> SpeedPlan:
     return SpeedPlan(variants=variants, device=device, points=points, search=search)
 
 
-def _check_hook(path: str) -> None:
+def check_hook(key: str, path: str) -> None:
+    """A "module:function" test hook must import and be callable before anything runs."""
     import importlib
 
     module_name, _, function_name = path.partition(":")
     try:
         function = getattr(importlib.import_module(module_name), function_name, None)
     except ImportError as error:
-        raise ConfigError(f"benchmark.fault_hook={path!r}: cannot import {module_name!r} ({error})") from None
+        raise ConfigError(f"{key}={path!r}: cannot import {module_name!r} ({error})") from None
     if not callable(function):
-        raise ConfigError(f"benchmark.fault_hook={path!r} must name a function as 'module:function'")
+        raise ConfigError(f"{key}={path!r} must name a function as 'module:function'")
 
 
 def _check_variant_here(variant: Variant, device: str, seq_lens: list[int], bench: DictConfig) -> None:

@@ -81,6 +81,7 @@ def test_multirun_overrides_expand_to_one_job_each():
     (["benchmark.min_repeats=-3"], "benchmark.min_repeats=-3 must be >= 1"),
     (["attention=dense_xformers"], "unavailable here"),
     (["benchmark.seqlens=[1]"], "seqlens"),
+    (["name=../elsewhere"], "name='../elsewhere' must be a plain folder name"),
     (["jobs=[speed,retreival]"], "['retreival'] not known; choose from: speed, probe, retrieval"),
 ])
 def test_bad_command_lines_exit_2_with_one_line(argv, message, monkeypatch, capsys):
