@@ -61,9 +61,11 @@ class CpuFlashKernel:
 
     name = "cpu_flash"
 
-    def forward(self, q, k, v, causal, scale):
+    def forward(self, q, k, v, causal, scale, mask=None):
+        """`mask`: optional additive (L, S) mask in q's dtype, shared by every batch entry and head. k and v may
+        be overlapping strided views (the kernel only reads them through their strides)."""
         out_BHLD, lse_BHL = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 0.0, causal, scale=scale
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 0.0, causal, attn_mask=mask, scale=scale
         )
         return out_BHLD.transpose(1, 2), lse_BHL
 

@@ -4,10 +4,14 @@ Queries are cut into blocks of `block` rows; block b needs keys [b*block - left,
 a band of block + left + right keys. Padding the keys by `left` in front makes that band start at b*block, so
 all bands are one strided `unfold` of the padded keys.
 
-Left-only windows (causal, or right = 0) take a faster exact path, `left_band_attention`: with blocks of exactly
-`left` rows, query block b sees (i) its own block causally and (ii) the previous block where key row >= query row.
-(ii) is causal too once both blocks are read backwards, so both halves run in a fused causal kernel that returns
-log-sum-exp (torch's flash kernel on CPU) and are merged by log-sum-exp: no wasted tiles, no materialised scores.
+Left-only windows (causal, or right = 0) take a faster exact path, `left_band_attention`:
+- forward on CPU (`band_forward`): blocks of 32 queries, each against its `left + 32` keys read through an
+  overlapping strided view of k and v (no copy), in one call of torch's fused CPU flash kernel with a single band
+  mask shared by every block; the queries before `left` see every earlier key and take one causal call.
+- backward, and forward elsewhere: with left = k * block, query block b sees its own block causally, k - 1 earlier
+  blocks fully, and block b - k where key row >= query row, which is causal once both blocks are read backwards.
+  Each part runs in a fused kernel that returns log-sum-exp, merged by log-sum-exp; the backward runs each part's
+  kernel backward with the merged (out, lse), which is the exact gradient.
 """
 
 from __future__ import annotations
@@ -34,6 +38,54 @@ def left_band_block(left: int, block_range: tuple[int, int] | None = None) -> in
         if left % block == 0:
             return block
     return left
+
+
+# Query rows per block of the CPU band forward: the flash kernel's smallest query tile (it uses 32-row tiles for
+# calls with fewer than 192 queries), so a block's band is left + 32 keys for left + 1 useful ones. The kernel
+# skips no tile under a mask, so every query row of a block pays for the whole band: larger blocks waste more
+# (results/perf/NOTES.md has the sweep).
+BAND_QUERY_BLOCK = 32
+
+
+def band_mask(block: int, left: int, dtype: torch.dtype) -> torch.Tensor:
+    """(block, block + left) additive mask: query row r sees band columns r .. r + left."""
+    row = torch.arange(block)[:, None]
+    col = torch.arange(block + left)[None, :]
+    visible = (col >= row) & (col <= row + left)
+    return torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, float("-inf"))
+
+
+def band_forward(q, k, v, left: int, scale: float, block: int | None = None):
+    """Window (left, 0) forward on CPU, q, k, v contiguous (B, N, H, D); returns (out, lse (B, H, N)).
+
+    Queries before `left` see every earlier key (one causal call). Query p >= left sees keys p - left .. p, so
+    block b of the queries from `left` on sees the block + left keys from b * block: an overlapping strided view.
+    """
+    batch, seq_len, heads, head_dim = q.shape
+    block = block or BAND_QUERY_BLOCK
+    kernel = CpuFlashKernel()
+    prefix = min(left, seq_len)
+    out_prefix, lse_prefix = kernel.forward(q[:, :prefix], k[:, :prefix], v[:, :prefix], True, scale)
+    if prefix == seq_len:
+        return out_prefix, lse_prefix
+    body = seq_len - prefix
+    num_blocks = math.ceil(body / block)
+    if num_blocks * block != body:  # padded keys lie after every real query, so the band mask hides them
+        q, k, v = (F.pad(x, (0, 0, 0, 0, 0, num_blocks * block - body)) for x in (q, k, v))
+    span = block + left
+    mask = band_mask(block, left, q.dtype)
+    out = torch.empty(batch, seq_len, heads, head_dim, dtype=out_prefix.dtype)
+    lse = torch.empty(batch, heads, seq_len, dtype=lse_prefix.dtype)
+    out[:, :prefix], lse[:, :, :prefix] = out_prefix, lse_prefix
+    for b in range(batch):  # one call per batch entry: a band view cannot step across two batch entries
+        bands = [x[b].as_strided((num_blocks, span, heads, head_dim),
+                                 (block * x.stride(1), x.stride(1), x.stride(2), x.stride(3)),
+                                 x[b].storage_offset()) for x in (k, v)]
+        queries = q[b, left:].reshape(num_blocks, block, heads, head_dim)
+        out_body, lse_body = kernel.forward(queries, *bands, False, scale, mask)
+        out[b, prefix:] = out_body.reshape(-1, heads, head_dim)[:body]
+        lse[b, :, prefix:] = lse_body.transpose(0, 1).reshape(heads, -1)[:, :body]
+    return out, lse
 
 
 class _LeftBand:
@@ -127,31 +179,41 @@ def _left_band_backward(grad_out, q, k, v, out, lse, left: int, block: int, scal
     return grad_q, grad_k, grad_v
 
 
+def _pad_rows(x: torch.Tensor, rows: int, dim: int = 1) -> torch.Tensor:
+    if rows == 0:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - dim) + [0, rows]
+    return F.pad(x, pad)
+
+
 class _LeftBandFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, left: int, block: int, scale: float, kernel: LseKernel):
         seq_len = q.shape[1]
-        padded_len = math.ceil(seq_len / block) * block
-        # Padding sits after every real position: causal real queries never see it, and the parts at distance
-        # >= 1 only read keys from blocks that are entirely real. Padded query rows are computed and dropped.
-        if padded_len != seq_len:
-            q, k, v = (F.pad(x, (0, 0, 0, 0, 0, padded_len - seq_len)) for x in (q, k, v))
         q, k, v = (x.contiguous() for x in (q, k, v))
-        out, lse = _left_band_forward(q, k, v, left, block, scale, kernel)
-        out = out.to(q.dtype)
+        if isinstance(kernel, CpuFlashKernel):
+            out, lse = band_forward(q, k, v, left, scale)
+        else:
+            # Padding sits after every real position: causal real queries never see it, and the parts at
+            # distance >= 1 only read keys from blocks that are entirely real. Padded query rows are dropped.
+            rows = math.ceil(seq_len / block) * block - seq_len
+            out, lse = _left_band_forward(*(_pad_rows(x, rows) for x in (q, k, v)), left, block, scale, kernel)
+            out, lse = out[:, :seq_len].to(q.dtype), lse[:, :, :seq_len]
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.left, ctx.block, ctx.scale, ctx.kernel, ctx.seq_len = left, block, scale, kernel, seq_len
-        return out[:, :seq_len]
+        ctx.left, ctx.block, ctx.scale, ctx.kernel = left, block, scale, kernel
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        if q.shape[1] != ctx.seq_len:
-            grad_out = F.pad(grad_out, (0, 0, 0, 0, 0, q.shape[1] - ctx.seq_len))
-        grad_out = grad_out.contiguous()
-        grads = _left_band_backward(grad_out, q, k, v, out, lse, ctx.left, ctx.block, ctx.scale, ctx.kernel)
-        return tuple(g[:, : ctx.seq_len].to(q.dtype) for g in grads) + (None, None, None, None)
+        seq_len = q.shape[1]
+        rows = math.ceil(seq_len / ctx.block) * ctx.block - seq_len
+        # padded query rows have zero grad_out (and out), so they add nothing to any gradient
+        padded = [_pad_rows(x, rows).contiguous() for x in (grad_out, q, k, v, out)]
+        grads = _left_band_backward(*padded, _pad_rows(lse, rows, dim=2), ctx.left, ctx.block, ctx.scale,
+                                    ctx.kernel)
+        return tuple(g[:, :seq_len].to(q.dtype) for g in grads) + (None, None, None, None)
 
 
 def left_band_attention(q, k, v, left: int, scale: float, block: int | None = None) -> torch.Tensor:
@@ -213,10 +275,9 @@ class SlidingWindowChunked(AttentionBackend):
 
     def executed_pairs(self, seq_len, num_heads, causal):
         left, right, block, num_blocks = self._geometry(seq_len, causal)
-        if right == 0 and left >= 1:  # per query block: two causal triangles and k - 1 full squares, padded
-            block = left_band_block(left)
-            band = _LeftBand(1, math.ceil(seq_len / block), block)
-            return num_heads * sum((band.num_blocks - distance) * (block * (block + 1) // 2 if causal_part
-                                                                    else block * block)
-                                   for distance, causal_part in band.parts(left))
+        if right == 0 and left >= 1:  # the CPU forward (`band_forward`): a causal prefix, then whole bands
+            prefix = min(left, seq_len)
+            body_blocks = math.ceil((seq_len - prefix) / BAND_QUERY_BLOCK)
+            return num_heads * (prefix * (prefix + 1) // 2
+                                + body_blocks * BAND_QUERY_BLOCK * (BAND_QUERY_BLOCK + left))
         return num_heads * num_blocks * block * (block + left + right)

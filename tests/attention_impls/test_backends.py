@@ -170,18 +170,28 @@ def test_perturbing_the_future_never_changes_a_causal_output(mechanism, backend,
         assert torch.equal(out[:, : cut + 1], base[:, : cut + 1])
 
 
+@SETTINGS
+@given(shape=shapes(), left=st.integers(1, 24), seed=st.integers(0, 2**16))
+def _check_left_only_windows(shape, left, seed):
+    params = {"window": [left, 0]}
+    assert_matches_reference(ai.build("sliding_window", "chunked", **params), "sliding_window", params, shape,
+                             seed=seed)
+
+
+@pytest.mark.parametrize("band_block", [1, 3, 4])
+def test_band_forward_with_many_blocks_is_exact(band_block, monkeypatch):
+    """The CPU forward cuts queries after `left` into blocks against overlapping key views; small blocks make
+    many blocks, a padded last block and batch entries side by side in the test's short sequences."""
+    from attention_impls.ops import sliding_window_chunked
+
+    monkeypatch.setattr(sliding_window_chunked, "BAND_QUERY_BLOCK", band_block)
+    _check_left_only_windows()
+
+
 @pytest.mark.parametrize("block_range", [(2, 4), (3, 3), (1, 1)])
 def test_left_band_blocks_of_any_divisor_are_exact(block_range, monkeypatch):
     """The left-band path cuts a window into k = left / block blocks: full squares between two triangles."""
     from attention_impls.ops import sliding_window_chunked
 
     monkeypatch.setattr(sliding_window_chunked, "LEFT_BAND_BLOCK_RANGE", block_range)
-
-    @SETTINGS
-    @given(shape=shapes(), left=st.integers(1, 24), seed=st.integers(0, 2**16))
-    def check(shape, left, seed):
-        params = {"window": [left, 0]}
-        assert_matches_reference(ai.build("sliding_window", "chunked", **params), "sliding_window", params, shape,
-                                 seed=seed)
-
-    check()
+    _check_left_only_windows()
