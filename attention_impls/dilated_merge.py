@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .kernels import LseKernel, default_scale, merge_lse_into
+from .kernels import LseFunction, LseKernel, default_scale, merge_lse_into
 from .params import DilatedParams
 
 
@@ -118,22 +118,6 @@ def dilated_backward(grad_out, q, k, v, out, lse, params: DilatedParams, kernel:
     return tuple(g.to(q.dtype) for g in grads)
 
 
-class DilatedAttentionFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, params: DilatedParams, kernel: LseKernel, causal: bool):
-        q, k, v = (t.contiguous() for t in (q, k, v))
-        out, lse = dilated_forward(q, k, v, params, kernel, causal)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.params, ctx.kernel, ctx.causal = params, kernel, causal
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = dilated_backward(grad_out.contiguous(), q, k, v, out, lse, ctx.params, ctx.kernel, ctx.causal)
-        return dq, dk, dv, None, None, None
-
-
 def dilated_attention(q, k, v, params: DilatedParams, kernel: LseKernel, causal: bool) -> torch.Tensor:
-    return DilatedAttentionFunction.apply(q, k, v, params, kernel, causal)
+    return LseFunction.apply(q, k, v, dilated_forward, dilated_backward,
+                             {"params": params, "kernel": kernel, "causal": causal})

@@ -11,7 +11,7 @@ Layout: q, k, v, out are (batch, seq, heads, head_dim); lse is (batch, heads, se
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -52,6 +52,29 @@ def merge_lse_into(
     lse_acc.copy_(lse_new)
 
 
+class LseFunction(torch.autograd.Function):
+    """Autograd for any algorithm written as a forward that returns (out, lse) and a backward that takes them back.
+
+    `forward_fn(q, k, v, **options)` -> (out, lse); `backward_fn(grad_out, q, k, v, out, lse, **options)` ->
+    (grad_q, grad_k, grad_v); q, k, v, grad_out reach both contiguous.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, forward_fn: Callable[..., Any], backward_fn: Callable[..., Any], options: dict):
+        q, k, v = (x.contiguous() for x in (q, k, v))
+        out, lse = forward_fn(q, k, v, **options)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.backward_fn, ctx.options = backward_fn, options
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        grads = ctx.backward_fn(grad_out.contiguous(), q, k, v, out, lse, **ctx.options)
+        return (*(g.to(q.dtype) for g in grads), None, None, None)
+
+
 def default_scale(head_dim: int, scale: float | None) -> float:
     return 1.0 / math.sqrt(head_dim) if scale is None else scale
 
@@ -69,10 +92,10 @@ class CpuFlashKernel:
         )
         return out_BHLD.transpose(1, 2), lse_BHL
 
-    def backward(self, grad_out, q, k, v, out, lse, causal, scale):
+    def backward(self, grad_out, q, k, v, out, lse, causal, scale, mask=None):
         grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             grad_out.transpose(1, 2), q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-            out.transpose(1, 2), lse, 0.0, causal, scale=scale,
+            out.transpose(1, 2), lse, 0.0, causal, attn_mask=mask, scale=scale,
         )
         return tuple(g.transpose(1, 2) for g in grads)
 

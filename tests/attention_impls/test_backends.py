@@ -170,28 +170,37 @@ def test_perturbing_the_future_never_changes_a_causal_output(mechanism, backend,
         assert torch.equal(out[:, : cut + 1], base[:, : cut + 1])
 
 
+@pytest.mark.parametrize("forward_block, backward_block, edge_rows", [(1, 2, 3), (3, 1, 256), (4, 5, 2)])
+def test_band_path_with_many_blocks_and_edge_chunks_is_exact(forward_block, backward_block, edge_rows,
+                                                             monkeypatch):
+    """The CPU band path cuts queries into interior blocks against overlapping key views and edge chunks with
+    masks of their own; small sizes make many of each, in batches, in the test's short sequences."""
+    from attention_impls.ops import _window_band
+
+    monkeypatch.setattr(_window_band, "FORWARD_BLOCK", forward_block)
+    monkeypatch.setattr(_window_band, "BACKWARD_BLOCK", backward_block)
+    monkeypatch.setattr(_window_band, "EDGE_ROWS", edge_rows)
+    monkeypatch.setattr(_window_band, "BACKWARD_GROUP_ROWS", 2 * backward_block)
+
+    @SETTINGS
+    @given(shape=shapes(), params=window_params, seed=st.integers(0, 2**16))
+    def check(shape, params, seed):
+        assert_matches_reference(ai.build("sliding_window", "chunked", **params), "sliding_window", params, shape,
+                                 seed=seed)
+
+    check()
+
+
 @SETTINGS
-@given(shape=shapes(), left=st.integers(1, 24), seed=st.integers(0, 2**16))
-def _check_left_only_windows(shape, left, seed):
-    params = {"window": [left, 0]}
-    assert_matches_reference(ai.build("sliding_window", "chunked", **params), "sliding_window", params, shape,
-                             seed=seed)
+@given(shape=shapes(), params=window_params, seed=st.integers(0, 2**16))
+def test_unfold_path_off_the_cpu_is_exact(shape, params, seed):
+    """The path `chunked` takes off the CPU, run here on CPU tensors."""
+    from attention_impls.ops.sliding_window_chunked import unfold_attention
 
+    window = ai.make_params("sliding_window", **params).window
 
-@pytest.mark.parametrize("band_block", [1, 3, 4])
-def test_band_forward_with_many_blocks_is_exact(band_block, monkeypatch):
-    """The CPU forward cuts queries after `left` into blocks against overlapping key views; small blocks make
-    many blocks, a padded last block and batch entries side by side in the test's short sequences."""
-    from attention_impls.ops import sliding_window_chunked
+    def unfold(q, k, v, causal):
+        left, right = (min(side, q.shape[1] - 1) for side in window(causal))
+        return unfold_attention(q, k, v, left, right, 1.0 / q.shape[-1] ** 0.5)
 
-    monkeypatch.setattr(sliding_window_chunked, "BAND_QUERY_BLOCK", band_block)
-    _check_left_only_windows()
-
-
-@pytest.mark.parametrize("block_range", [(2, 4), (3, 3), (1, 1)])
-def test_left_band_blocks_of_any_divisor_are_exact(block_range, monkeypatch):
-    """The left-band path cuts a window into k = left / block blocks: full squares between two triangles."""
-    from attention_impls.ops import sliding_window_chunked
-
-    monkeypatch.setattr(sliding_window_chunked, "LEFT_BAND_BLOCK_RANGE", block_range)
-    _check_left_only_windows()
+    assert_matches_reference(unfold, "sliding_window", params, shape, seed=seed)
