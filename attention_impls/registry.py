@@ -19,7 +19,7 @@ REGISTRY: dict[str, dict[str, type["AttentionBackend"]]] = {mechanism: {} for me
 
 # backend=None picks the first backend in this order that supports the inputs (device, dtype, causal, backward).
 # The CPU order is the speed ranking measured by scripts/perf_targets.py (results/perf/NOTES.md; causal forward,
-# N = 8192: sliding window chunked 135 ms, flex 168 ms, masked_sdpa 1681 ms; dilated gather 336 ms, flex 6382 ms).
+# N = 8192: sliding window chunked 122 ms, flex 173 ms, masked_sdpa 1868 ms; dilated gather 348 ms, flex 6020 ms).
 # The CUDA order is the expected ranking, not yet measured here. References are never picked automatically.
 PRIORITY: dict[tuple[str, str], tuple[str, ...]] = {
     ("dense", "cpu"): ("sdpa", "math"),
