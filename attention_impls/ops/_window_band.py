@@ -25,7 +25,10 @@ FORWARD_BLOCK = 32  # queries per interior block in the forward: the kernel's sm
 # backward runs 32-row tiles at well under half the rate (small inner dimensions in dK and dV)
 BACKWARD_BLOCK = 192
 EDGE_ROWS = 256  # queries per edge chunk: bounds an edge mask at EDGE_ROWS x (EDGE_ROWS + left + right)
-BACKWARD_GROUP_ROWS = 8192  # interior queries per backward call: bounds the per-band gradients it returns
+# interior queries per backward call: the kernel returns (zero-filled) key and value gradients per band, 3.7x the
+# group's rows for window 512; ~14 MB at 2048 rows, which the allocator hands back call after call, where 8192 rows
+# (a fresh 60 MB each) ran the backward 10-15 % slower (results/perf/NOTES.md)
+BACKWARD_GROUP_ROWS = 2048
 
 
 @dataclass(frozen=True)
