@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import subprocess
@@ -35,6 +36,30 @@ def _git_commit() -> str:
         return "unknown"
 
 
+# The source that produces numbers: the attention library and the harness, less the reporting (which only draws
+# what was measured). Its hash is part of every resume key, so a point recorded by other code is measured again.
+_MEASURING_SOURCES = ("attention_impls", "harness")
+_NOT_MEASURING = ("harness/report",)
+
+
+@functools.cache
+def code_version() -> str:
+    """sha256 (12 hex digits) of this checkout's measuring source files; works without git."""
+    return source_digest(Path(__file__).resolve().parent.parent)
+
+
+def source_digest(root: Path) -> str:
+    """sha256 (12 hex digits) of the paths and contents of the measuring source files under `root`."""
+    digest = hashlib.sha256()
+    for package in _MEASURING_SOURCES:
+        for path in sorted((root / package).rglob("*.py")):
+            relative = path.relative_to(root).as_posix()
+            if relative.startswith(_NOT_MEASURING):
+                continue
+            digest.update(relative.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
 def _xformers_version() -> str:
     try:
         from importlib.metadata import version
@@ -59,6 +84,7 @@ def fingerprint(device: str = "cpu") -> dict[str, object]:
         "env_cpu_model": _cpu_model(),
         "env_threads": torch.get_num_threads(),
         "env_git_commit": _git_commit(),
+        "env_code_version": code_version(),
         "env_load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
         "env_hostname": platform.node(),
     }

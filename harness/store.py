@@ -21,6 +21,8 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from .environment import code_version
+
 # Columns every row has, whatever produced it; producers add their own (see README "Output columns").
 BASE_COLUMNS = ("experiment", "kind", "status", "reason", "config_hash", "job_id", "timestamp")
 STATUSES = ("ok", "wrong", "oom", "timeout", "unsupported", "nan", "error", "skipped")
@@ -120,9 +122,17 @@ class ResultsStore:
         frame = self.read()
         return frame[frame["job_id"] == self.job_id].reset_index(drop=True) if not frame.empty else frame
 
-    def done_hashes(self, statuses: tuple[str, ...] = ("ok", "wrong", "unsupported", "oom", "timeout", "nan")) -> set[str]:
-        """config_hash of points already recorded with a final status (resume skips these)."""
+    def read_resumable(self) -> pd.DataFrame:
+        """The rows that resume may reuse: those recorded by this code (`environment.code_version`). A point
+        recorded by other code is measured again; its old rows stay in the store, and the report shows the newest."""
         frame = self.read()
+        if frame.empty or "env_code_version" not in frame:
+            return frame.iloc[0:0]
+        return frame[frame["env_code_version"] == code_version()].reset_index(drop=True)
+
+    def done_hashes(self, statuses: tuple[str, ...] = ("ok", "wrong", "unsupported", "oom", "timeout", "nan")) -> set[str]:
+        """config_hash of points this code already recorded with a final status (resume skips these)."""
+        frame = self.read_resumable()
         if frame.empty:
             return set()
         return set(frame.loc[frame["status"].isin(statuses), "config_hash"])

@@ -709,7 +709,7 @@ def _run_torchrun(plan: DistributedPlan, store: ResultsStore, reporter: _Reporte
                                 device_id=device if plan.dist_backend == "nccl" else None)
     rank = dist.get_rank()
     # Every rank must agree on which points to run: rank 0 reads the store once and tells the others.
-    box = [_completed(store.read()) if rank == 0 and resume else set()]
+    box = [_completed(store.read_resumable()) if rank == 0 and resume else set()]
     guarded_collective("resume broadcast", lambda: dist.broadcast_object_list(box, src=0),
                        health_timeout_s=settings.health_timeout_s)
     env = environment.fingerprint(str(device))
@@ -757,7 +757,7 @@ def run_distributed(cfg: DictConfig, store: ResultsStore | None = None, logger: 
         _run_torchrun(plan, store, reporter, cfg.resume)
     else:
         env = environment.fingerprint(plan.device)
-        done = _completed(store.read()) if cfg.resume else set()
+        done = _completed(store.read_resumable()) if cfg.resume else set()
         recorded = store.done_hashes() if cfg.resume else set()
         for point in plan.unsupported:
             if config_hash(point.identity()) not in recorded:

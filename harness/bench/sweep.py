@@ -216,11 +216,12 @@ class SpeedRun:
         self.env = environment.fingerprint(plan.device)
         self.recorded: dict[str, dict[str, Any]] = {}
         if cfg.resume:
-            frame = store.read()
+            frame = store.read_resumable()
             if not frame.empty:
                 done = frame[frame["status"].isin(DONE_STATUSES)]
                 self.recorded = {row["config_hash"]: row for row in done.to_dict("records")}
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = []  # recorded by this job
+        self.table_rows: list[dict[str, Any]] = []  # every point of this job, resumed ones too, in order
         self.skipped_resume = 0
         self.step = 0
 
@@ -242,6 +243,7 @@ class SpeedRun:
         point_hash = config_hash(point.identity())
         if point_hash in self.recorded:
             self.skipped_resume += 1
+            self.table_rows.append(dict(self.recorded[point_hash], resumed=True))
             return self.recorded[point_hash]
         try:
             backend = attention_impls.build(point.mechanism, point.backend, **point.params).resolve(
@@ -286,6 +288,7 @@ class SpeedRun:
         row.update(experiment=self.store.experiment, job_id=self.store.job_id)
         self.store.append(row)
         self.rows.append(row)
+        self.table_rows.append(row)
         self.step += 1
         if row["status"] == "ok":
             self.logger.log_metrics({key: row[key] for key in LOGGED_METRICS if row.get(key) is not None}
@@ -412,18 +415,19 @@ def run_speed(cfg: DictConfig, store: ResultsStore | None = None, logger: Any = 
         job_rows = pd.DataFrame(run.rows)
         if not job_rows.empty:
             logger.log_rows(job_rows, name="speed")
-        console.print(summary_table(job_rows, run.skipped_resume, store, time.perf_counter() - started))
+        console.print(summary_table(pd.DataFrame(run.table_rows), len(job_rows), run.skipped_resume, store,
+                                    time.perf_counter() - started))
         return job_rows
     finally:
         if run is not None:
             run.worker.close()
 
 
-def summary_table(rows: pd.DataFrame, skipped_resume: int, store: ResultsStore, elapsed_s: float):
-    """A rich table of this job's rows: one line per point, the numbers a reader checks first."""
+def summary_table(rows: pd.DataFrame, recorded: int, skipped_resume: int, store: ResultsStore, elapsed_s: float):
+    """A rich table of this job's points, resumed ones included: the numbers a reader checks first."""
     from rich.table import Table
 
-    table = Table(title=f"{store.experiment}: {len(rows)} rows in {elapsed_s:.1f} s "
+    table = Table(title=f"{store.experiment}: {recorded} rows in {elapsed_s:.1f} s "
                         f"({skipped_resume} already recorded, resumed) -> {store.dir}")
     for header in ("variant", "backend", "pass", "dtype", "causal", "N", "status", "median ms", "IQR %",
                    "tokens/s", "GFLOP/s", "% peak", "peak MiB", "note"):
@@ -445,7 +449,7 @@ def summary_table(rows: pd.DataFrame, skipped_resume: int, store: ResultsStore, 
             number(iqr / median if median and iqr is not None and not math.isnan(iqr) else None, 100.0, 1),
             number(row.get("tokens_per_s"), 1.0, 0), number(row.get("flops_per_s"), 1e-9, 1),
             number(row.get("fraction_of_peak"), 100.0, 1), number(row.get("peak_mem_bytes"), 2.0**-20, 1),
-            ("noisy " if row.get("noisy") else "")
+            ("resumed " if row.get("resumed") is True else "") + ("noisy " if row.get("noisy") else "")
             + ("above the GEMM ceiling " if (row.get("fraction_of_peak") or 0) > 1 else "")
             + (row.get("reason") or "")[:60])
     if not rows.empty and "max_seq_len" in set(rows["kind"]):

@@ -160,7 +160,7 @@ def run_retrieval(attention: Any, cfg: Any, store: ResultsStore, logger: Optiona
     run_hash = config_hash(identity)
     store.check_writable()
     if resume and run_hash in store.done_hashes():
-        frame = store.read()
+        frame = store.read_resumable()
         return frame[frame["config_hash"] == run_hash].reset_index(drop=True)
     device, dtype = torch.device(cfg.train.device), getattr(torch, cfg.train.dtype)
     base = {"kind": "retrieval", "config_hash": run_hash, "task": cfg.task.name, **_attention_columns(attention),

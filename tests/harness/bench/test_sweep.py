@@ -56,6 +56,17 @@ def test_resume_skips_recorded_points_and_resume_false_measures_again(tmp_path):
     assert forced["job_id"].iloc[0] != first["job_id"].iloc[0] and len(stored) == 3
 
 
+def test_resume_measures_again_what_other_code_recorded_and_lists_resumed_points(tmp_path, monkeypatch, capsys):
+    import harness.store
+
+    run(tmp_path, "benchmark.seq_lens=[64]", "benchmark.passes=[forward]")
+    again, _ = run(tmp_path, "benchmark.seq_lens=[64]", "benchmark.passes=[forward]")
+    assert again.empty and "resumed" in capsys.readouterr().err  # the summary shows the point it skipped
+    monkeypatch.setattr(harness.store, "code_version", lambda: "another implementation")
+    changed, stored = run(tmp_path, "benchmark.seq_lens=[64]", "benchmark.passes=[forward]")
+    assert list(changed["seq_len"]) == [64] and len(stored) == 2
+
+
 def test_unsupported_combination_is_a_row_not_a_crash(tmp_path):
     # FlexAttention has no backward on CPU; the row says so and no compile happens.
     rows, _ = run(tmp_path, "benchmark.seq_lens=[64]", "benchmark.passes=[forward_backward]",
