@@ -163,7 +163,8 @@ def _add_bands(total: torch.Tensor, per_band: torch.Tensor, step: int) -> None:
 
 def band_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, left: int, right: int,
                    scale: float) -> torch.Tensor:
-    """Exact sliding-window attention on CPU, (batch, seq, heads, head_dim), window (left, right) clipped to N - 1."""
+    """Exact sliding-window attention on CPU, (batch, seq, heads, head_dim): query p sees keys p - left .. p + right
+    that exist; windows wider than the sequence are fine (there are no interior blocks then, only edge chunks)."""
     if q.device.type != "cpu":
         raise ValueError(f"the band path runs torch's CPU flash kernel; got tensors on {q.device}")
     return LseFunction.apply(q, k, v, band_forward, band_backward, {"left": left, "right": right, "scale": scale})
