@@ -14,7 +14,7 @@ def test_smoke_run_measures_every_target_and_stores_rows(tmp_path, capsys):
     spec.loader.exec_module(module)
     assert module.main(["--smoke", "--results-dir", str(tmp_path)]) == 0
     rows = pd.read_parquet(tmp_path / "perf_targets" / "results.parquet")
-    assert len(rows) == 11 and set(rows["kind"]) == {"perf_target"}
+    assert len(rows) == 13 and set(rows["kind"]) == {"perf_target"}
     assert rows["measured"].notna().all() and (rows["measured"] > 0).all()
     printed = capsys.readouterr().out
-    assert printed.count("target") >= 11 and "targets met" in printed
+    assert printed.count("target") >= 13 and "targets met" in printed
