@@ -83,8 +83,10 @@ class AttentionBackend:
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
         raise NotImplementedError
 
-    def executed_pairs(self, seq_len: int, num_heads: int, causal: bool) -> int | None:
-        """(query, key) pairs this backend actually scores, where it scores more than the useful ones."""
+    def executed_pairs(self, seq_len: int, num_heads: int, causal: bool, device: str = "cpu",
+                       backward: bool = False) -> int | None:
+        """(query, key) pairs this backend actually scores on `device`, where it scores more than the useful ones:
+        in the forward, or in the backward pass when `backward` (where each pair costs 2.5 forward ones)."""
         return None
 
 

@@ -37,7 +37,8 @@ def _git_commit() -> str:
 
 
 # The source that produces numbers: the attention library and the harness, less the reporting (which only draws
-# what was measured). Its hash is part of every resume key, so a point recorded by other code is measured again.
+# what was measured). Every row records its hash; resume reuses only rows of this hash (ResultsStore.read_resumable),
+# so a point recorded by other code is measured again.
 _MEASURING_SOURCES = ("attention_impls", "harness")
 _NOT_MEASURING = ("harness/report",)
 

@@ -77,7 +77,7 @@ class FlexBackend(AttentionBackend):
         )
         return out_BHND.transpose(1, 2)
 
-    def executed_pairs(self, seq_len, num_heads, causal):
+    def executed_pairs(self, seq_len, num_heads, causal, device="cpu", backward=False):
         """Whole tiles of the block mask: what the kernel scores, masked or not."""
         mask = self.block_mask(seq_len, num_heads, causal, torch.device("cpu"))
         tiles = int(mask.kv_num_blocks.sum()) + (int(mask.full_kv_num_blocks.sum())

@@ -25,5 +25,5 @@ class SlidingWindowMaskedSdpa(AttentionBackend):
         )
         return out_BHND.transpose(1, 2)
 
-    def executed_pairs(self, seq_len, num_heads, causal):
+    def executed_pairs(self, seq_len, num_heads, causal, device="cpu", backward=False):
         return num_heads * seq_len * seq_len

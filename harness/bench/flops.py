@@ -13,13 +13,17 @@ from attention_impls.registry import get_backend_class
 
 
 def point_flops(mechanism: str, backend: str, params: dict, batch: int, seq_len: int, heads: int,
-                head_dim: int, causal: bool, backward: bool) -> dict[str, float]:
-    """{"useful_flops", "executed_flops"} for one call (forward, or forward+backward)."""
+                head_dim: int, causal: bool, backward: bool, device: str = "cpu") -> dict[str, float]:
+    """{"useful_flops", "executed_flops"} for one call (forward, or forward+backward) on `device`."""
     spec_params = make_params(mechanism, **params)
     useful = useful_flops(spec_params, batch, seq_len, heads, head_dim, causal, backward=backward)
-    pairs = get_backend_class(mechanism, backend)(spec_params).executed_pairs(seq_len, heads, causal)
+    instance = get_backend_class(mechanism, backend)(spec_params)
+    pairs = instance.executed_pairs(seq_len, heads, causal, device=device)
     if pairs is None:
         executed = useful
     else:
-        executed = 4.0 * head_dim * batch * pairs * ((1.0 + BACKWARD_FLOP_FACTOR) if backward else 1.0)
+        if backward:
+            pairs += BACKWARD_FLOP_FACTOR * instance.executed_pairs(seq_len, heads, causal, device=device,
+                                                                    backward=True)
+        executed = 4.0 * head_dim * batch * pairs
     return {"useful_flops": useful, "executed_flops": executed}

@@ -276,7 +276,7 @@ class SpeedRun:
         row.update(columns)
         if backend is not None and backend in attention_impls.registry.REGISTRY[point.mechanism]:
             row.update(point_flops(point.mechanism, backend, point.params, point.batch, point.seq_len,
-                                   point.heads, point.head_dim, point.causal, point.backward))
+                                   point.heads, point.head_dim, point.causal, point.backward, point.device))
         median = row.get("latency_median_s")
         if row["status"] == "ok" and median:
             row["tokens_per_s"] = point.batch * point.seq_len / median

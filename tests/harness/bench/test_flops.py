@@ -60,3 +60,18 @@ def test_executed_flops_count_what_the_backend_scores():
     assert flops["useful_flops"] < flops["executed_flops"]
     dense = point_flops("dense", "sdpa", {}, 1, 16, 2, 8, False, backward=False)
     assert dense["executed_flops"] == dense["useful_flops"]
+
+
+def test_chunked_executed_flops_follow_the_path_each_device_runs():
+    """On CPU the band path: 32-query blocks forward, 192-query blocks backward (each a whole band); elsewhere the
+    unfold path's bands of `block_size` rows, in both passes."""
+    from attention_impls.ops._window_band import Band
+
+    args = ("sliding_window", "chunked", {"window": 512}, 1, 4096, 2, 8, True)
+    heads, head_dim = 2, 8
+    cpu = point_flops(*args, backward=True, device="cpu")
+    forward_pairs, backward_pairs = (Band(4096, 512, 0, block).executed_pairs() for block in (32, 192))
+    assert cpu["executed_flops"] == 4 * head_dim * heads * (forward_pairs + 2.5 * backward_pairs)
+    cuda = point_flops(*args, backward=False, device="cuda")
+    assert cuda["executed_flops"] == 4 * head_dim * heads * 16 * 256 * (256 + 512)  # 16 blocks of 256 rows
+    assert cpu["useful_flops"] < cpu["executed_flops"] and cuda["useful_flops"] < cuda["executed_flops"]
