@@ -21,9 +21,12 @@ import torch
 from ..kernels import CpuFlashKernel, LseFunction
 
 FORWARD_BLOCK = 32  # queries per interior block in the forward: the kernel's smallest query tile
-# queries per interior block in the backward: the fewest for which the kernel takes 64-row query tiles; its
-# backward runs 32-row tiles at well under half the rate (small inner dimensions in dK and dV)
-BACKWARD_BLOCK = 192
+# Queries per interior block in the backward, by window width (left + right + 1): (widest window, block).
+# A block pays for its whole band, block + width - 1 keys, and the kernel's backward runs larger query tiles
+# faster per FLOP (192 rows is the fewest that get 64-row tiles): wide windows favour large blocks, narrow ones
+# small blocks, where the band is mostly waste (window 8: 32-row blocks ran 2.4x faster than 192; NOTES.md).
+BACKWARD_BLOCKS = ((64, 32), (192, 64), (384, 128))
+WIDE_BACKWARD_BLOCK = 192
 EDGE_ROWS = 256  # queries per edge chunk: bounds an edge mask at EDGE_ROWS x (EDGE_ROWS + left + right)
 # interior queries per backward call: the kernel returns (zero-filled) key and value gradients per band, 3.7x the
 # group's rows for window 512; ~14 MB at 2048 rows, which the allocator hands back call after call, where 8192 rows
@@ -82,6 +85,12 @@ class Band:
         return edges + self.num_blocks * self.block * self.span
 
 
+def backward_block(left: int, right: int) -> int:
+    """Queries per interior block in the backward of a window that sees keys p - left .. p + right."""
+    width = left + right + 1
+    return next((block for widest, block in BACKWARD_BLOCKS if width <= widest), WIDE_BACKWARD_BLOCK)
+
+
 def _windows(x: torch.Tensor, count: int, rows: int, step: int) -> torch.Tensor:
     """`count` windows of `rows` rows of x (L, ...), one every `step` rows: a strided view, overlapping when
     rows > step."""
@@ -118,7 +127,7 @@ def band_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
                   block: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients from the (out, lse) of the whole window, all (B, N, H, D) contiguous; float32 accumulation."""
     batch, seq_len, heads, head_dim = q.shape
-    band = Band(seq_len, left, right, block or BACKWARD_BLOCK)
+    band = Band(seq_len, left, right, block or backward_block(left, right))
     kernel = CpuFlashKernel()
     acc_dtype = torch.promote_types(q.dtype, torch.float32)
     grad_q = torch.empty(q.shape, dtype=acc_dtype)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..kernels import default_scale
 from ..registry import AttentionBackend, register
-from ._window_band import BACKWARD_BLOCK, FORWARD_BLOCK, Band, band_attention
+from ._window_band import FORWARD_BLOCK, Band, backward_block, band_attention
 
 
 def block_size(left: int, right: int, seq_len: int) -> int:
@@ -78,7 +78,7 @@ class SlidingWindowChunked(AttentionBackend):
     def executed_pairs(self, seq_len, num_heads, causal, device="cpu", backward=False):
         left, right = self._window(seq_len, causal)
         if device.startswith("cpu"):  # the band path: its forward and backward cut the queries differently
-            block = BACKWARD_BLOCK if backward else FORWARD_BLOCK
+            block = backward_block(left, right) if backward else FORWARD_BLOCK
             return num_heads * Band(seq_len, left, right, block).executed_pairs()
         block = block_size(left, right, seq_len)  # the unfold path scores whole bands, forward and backward alike
         return num_heads * math.ceil(seq_len / block) * block * (block + left + right)

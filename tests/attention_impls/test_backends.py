@@ -178,7 +178,7 @@ def test_band_path_with_many_blocks_and_edge_chunks_is_exact(forward_block, back
     from attention_impls.ops import _window_band
 
     monkeypatch.setattr(_window_band, "FORWARD_BLOCK", forward_block)
-    monkeypatch.setattr(_window_band, "BACKWARD_BLOCK", backward_block)
+    monkeypatch.setattr(_window_band, "backward_block", lambda left, right: backward_block)
     monkeypatch.setattr(_window_band, "EDGE_ROWS", edge_rows)
     monkeypatch.setattr(_window_band, "BACKWARD_GROUP_ROWS", 2 * backward_block)
 
@@ -204,3 +204,11 @@ def test_unfold_path_off_the_cpu_is_exact(shape, params, seed):
         return unfold_attention(q, k, v, left, right, 1.0 / q.shape[-1] ** 0.5)
 
     assert_matches_reference(unfold, "sliding_window", params, shape, seed=seed)
+
+
+def test_band_backward_blocks_grow_with_the_window():
+    from attention_impls.ops._window_band import WIDE_BACKWARD_BLOCK, backward_block
+
+    blocks = [backward_block(left, right) for left, right in [(8, 0), (63, 0), (64, 0), (100, 91), (512, 0), (0, 4096)]]
+    assert blocks == [32, 32, 64, 64, WIDE_BACKWARD_BLOCK, WIDE_BACKWARD_BLOCK]
+    assert blocks == sorted(blocks)

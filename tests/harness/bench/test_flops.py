@@ -63,8 +63,8 @@ def test_executed_flops_count_what_the_backend_scores():
 
 
 def test_chunked_executed_flops_follow_the_path_each_device_runs():
-    """On CPU the band path: 32-query blocks forward, 192-query blocks backward (each a whole band); elsewhere the
-    unfold path's bands of `block_size` rows, in both passes."""
+    """On CPU the band path: 32-query blocks forward, backward blocks that grow with the window (192 queries for
+    window 512), each a whole band; elsewhere the unfold path's bands of `block_size` rows, in both passes."""
     from attention_impls.ops._window_band import Band
 
     args = ("sliding_window", "chunked", {"window": 512}, 1, 4096, 2, 8, True)
@@ -75,3 +75,6 @@ def test_chunked_executed_flops_follow_the_path_each_device_runs():
     cuda = point_flops(*args, backward=False, device="cuda")
     assert cuda["executed_flops"] == 4 * head_dim * heads * 16 * 256 * (256 + 512)  # 16 blocks of 256 rows
     assert cpu["useful_flops"] < cpu["executed_flops"] and cuda["useful_flops"] < cuda["executed_flops"]
+    # a narrow window's backward runs blocks of 32 queries, like its forward
+    narrow = point_flops("sliding_window", "chunked", {"window": 8}, 1, 4096, 2, 8, True, backward=True)
+    assert narrow["executed_flops"] == 4 * head_dim * heads * 3.5 * Band(4096, 8, 0, 32).executed_pairs()
