@@ -102,11 +102,15 @@ def _sections(frame: pd.DataFrame, plots: list[Plot], env: dict[str, str]) -> li
 
     targets = tables.perf_target_summary(frame)
     if not targets.empty:
-        missed = int((targets["passed"] != True).sum())  # noqa: E712 (None = not recorded counts as missed)
+        issue = targets[targets["issue_target"]]
+        missed = int((issue["passed"] != True).sum())  # noqa: E712 (None = not recorded counts as missed)
+        context = len(targets) - len(issue)
         sections.append(Section(
             KIND_SECTIONS["perf_target"], table=targets,
-            text=f"{len(targets) - missed} of {len(targets)} targets met (scripts/perf_targets.py; missed ones "
-                 "first). passed = measured <comparison> limit, for the newest run of each target; runs = how many "
+            text=f"{len(issue) - missed} of {len(issue)} issue targets met (scripts/perf_targets.py; missed ones "
+                 "first)" + (f", and {context} context measurements against the same kind of bar "
+                             "(issue_target = False)" if context else "") +
+                 ". passed = measured <comparison> limit, for the newest run of each target; runs = how many "
                  "times this store has measured it."))
 
     speed = tables.speed_summary(frame)

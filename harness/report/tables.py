@@ -48,8 +48,8 @@ DISTRIBUTED_SUMMARY_COLUMNS = (
     "predicted_bytes_sent_max", "bytes_sent_total", "predicted_bytes_sent_total", "bytes_match", "peak_mem_max_mib",
     "max_abs_err", "reason",
 )
-PERF_TARGET_COLUMNS = ("target", "measured", "comparison", "limit", "passed", "detail", "device", "dtype", "smoke",
-                       "runs", "timestamp")
+PERF_TARGET_COLUMNS = ("target", "measured", "comparison", "limit", "passed", "issue_target", "detail", "device",
+                       "dtype", "smoke", "runs", "timestamp")
 FAILURE_COLUMNS = ("kind", "variant", "task", "pass", "seq_len", "rank", "status", "reason")
 
 MIB = float(1 << 20)
@@ -371,14 +371,19 @@ def distributed_summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 def perf_target_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """scripts/perf_targets.py's targets, missed ones first: the newest measurement of each (target, device,
-    dtype, smoke), whether it met its limit (`passed`: measured <comparison> limit) and `runs`, how many times
-    the store has measured it (the older rows stay in the store)."""
+    dtype, smoke), whether it met its limit (`passed`: measured <comparison> limit), whether it is one of the
+    issue's targets or a context measurement (`issue_target`) and `runs`, how many times the store has measured
+    it (the older rows stay in the store)."""
     if frame.empty or "kind" not in frame:
         return pd.DataFrame(columns=list(PERF_TARGET_COLUMNS))
     rows = frame[frame["kind"] == "perf_target"]
     if rows.empty:
         return pd.DataFrame(columns=list(PERF_TARGET_COLUMNS))
     rows = _ensure(rows, PERF_TARGET_COLUMNS)
+    # rows stored before the column existed: their only context measurement said so in its name
+    unmarked = rows["issue_target"].isna()
+    rows = rows.assign(issue_target=rows["issue_target"].where(
+        ~unmarked, ~rows["target"].astype(str).str.contains("not an issue target")).astype(bool))
     rows = rows.sort_values("timestamp", kind="stable", na_position="first")
     keys = ["target", "device", "dtype", "smoke"]
     runs = rows.groupby(keys, dropna=False, sort=False)["target"].transform("size")

@@ -17,4 +17,5 @@ def test_smoke_run_measures_every_target_and_stores_rows(tmp_path, capsys):
     assert len(rows) == 13 and set(rows["kind"]) == {"perf_target"}
     assert rows["measured"].notna().all() and (rows["measured"] > 0).all()
     printed = capsys.readouterr().out
-    assert printed.count("target") >= 13 and "targets met" in printed
+    assert printed.count("target") >= 13 and "of 11 issue targets met" in printed
+    assert rows["issue_target"].sum() == 11  # the bidirectional window's two rows are context

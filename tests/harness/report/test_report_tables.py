@@ -121,10 +121,16 @@ def test_distributed_summary_takes_the_slowest_rank_and_the_busiest_sender(fixtu
 def test_perf_target_summary_keeps_the_newest_run_and_lists_misses_first(fixture_rows):
     targets = tables.perf_target_summary(fixture_rows)
     assert tuple(targets.columns) == tables.PERF_TARGET_COLUMNS
-    assert len(targets) == 3
-    assert targets["passed"].tolist() == [False, True, True]
+    assert len(targets) == 4
+    assert targets["passed"].tolist() == [False, False, True, True]
+    assert targets["issue_target"].tolist() == [True, False, True, True]
     gather = targets[targets["target"].str.startswith("dilated gather")].iloc[0]
     assert gather["measured"] == 1.02 and bool(gather["passed"]) and gather["runs"] == 2
+
+
+def test_perf_target_rows_stored_before_issue_target_existed_are_told_apart_by_name(fixture_rows):
+    older = fixture_rows.drop(columns=["issue_target"])
+    assert tables.perf_target_summary(older).equals(tables.perf_target_summary(fixture_rows))
 
 
 def test_failures_table_lists_every_failed_kind(fixture_rows):

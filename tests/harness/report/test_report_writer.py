@@ -37,7 +37,7 @@ def test_write_report_writes_tables_plots_markdown_and_self_contained_html(store
     for section in ("## Performance targets", "## Speed", "## Retrieval", "### Training runs", "## Probe",
                     "## Distributed (sequence-parallel)", "## Attention patterns"):
         assert f"\n{section}\n" in text, section
-    assert "2 of 3 targets met" in text
+    assert "2 of 3 issue targets met" in text and "1 context measurements" in text
     assert "superseded by a later run" in text  # the fixture's older probe run
     assert "mismatched (query, key, head) triples" in text
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
