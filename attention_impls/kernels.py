@@ -100,6 +100,33 @@ class CpuFlashKernel:
         return tuple(g.transpose(1, 2) for g in grads)
 
 
+class CudaFlashKernel:
+    """torch's own CUDA flash-attention 2 kernel (fp16 / bf16, compute capability >= 8.0), called below SDPA for
+    its log-sum-exp and for a backward that takes (out, lse) from outside. `window` = (left, right) limits query p
+    to keys p - left .. p + right inside the kernel, which skips the tiles outside the window."""
+
+    name = "cuda_flash"
+
+    def __init__(self, window: tuple[int, int] | None = None) -> None:
+        # torch builds before the window arguments existed take the call without them
+        self.window = {} if window is None else {"window_size_left": window[0], "window_size_right": window[1]}
+
+    def forward(self, q, k, v, causal, scale):
+        out, lse, _rng_state, _unused, _debug = torch.ops.aten._flash_attention_forward(
+            q, k, v, None, None, q.shape[1], k.shape[1], 0.0, causal, False, scale=scale, **self.window
+        )
+        return out, lse
+
+    def backward(self, grad_out, q, k, v, out, lse, causal, scale):
+        # without dropout the kernel never reads its random-number state: empty stand-ins of the right type
+        rng_state = torch.empty(2, dtype=torch.uint64, device=q.device)
+        unused = torch.empty((), dtype=torch.uint64, device=q.device)
+        return torch.ops.aten._flash_attention_backward(
+            grad_out, q, k, v, out, lse, None, None, q.shape[1], k.shape[1], 0.0, causal, rng_state, unused,
+            scale=scale, **self.window
+        )
+
+
 class MathKernel:
     """Plain PyTorch, any device and dtype; scores materialised per call, accumulated in float32 or better."""
 

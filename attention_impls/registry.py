@@ -25,7 +25,7 @@ PRIORITY: dict[tuple[str, str], tuple[str, ...]] = {
     ("dense", "cpu"): ("sdpa", "math"),
     ("dense", "cuda"): ("sdpa", "xformers", "math"),
     ("sliding_window", "cpu"): ("chunked", "flex", "masked_sdpa"),
-    ("sliding_window", "cuda"): ("flex", "xformers", "chunked", "masked_sdpa"),
+    ("sliding_window", "cuda"): ("flash", "flex", "xformers", "chunked", "masked_sdpa"),
     ("dilated", "cpu"): ("gather", "flex"),
     ("dilated", "cuda"): ("xformers", "gather", "flex"),
 }

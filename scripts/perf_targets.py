@@ -3,7 +3,7 @@
     python scripts/perf_targets.py                 # the full targets (CPU, float32, 2 threads): ~10-20 min
     python scripts/perf_targets.py --skip-1m       # without the 1M-token run
     python scripts/perf_targets.py --smoke         # tiny shapes: checks the script works (the test suite runs it)
-    python scripts/perf_targets.py --device cuda --dtype bfloat16   # the GPU variant
+    python scripts/perf_targets.py --device cuda --dtype bfloat16   # the GPU variant, with the GPU-only target
 
 Each target prints measured / target / pass and is stored as a `kind=perf_target` row in
 results/perf_targets/ (or --results-dir), like any other run. Timing, memory and the matmul ceiling are the
@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import attention_impls as ai
 from attention_impls.dilated_merge import plan
-from attention_impls.kernels import CpuFlashKernel, MathKernel, default_scale
+from attention_impls.kernels import default_scale
+from attention_impls.ops.dilated_gather import branch_kernel
 from attention_impls.registry import PRIORITY
 from harness.bench.measure import matmul_ceiling, peak_memory_bytes, time_call
 from harness.environment import fingerprint
@@ -31,6 +33,7 @@ from harness.store import ResultsStore, config_hash
 DILATED = {"segment_lengths": [2048, 4096, 8192], "dilation_rates": [1, 2, 4]}
 PAPER = {"segment_lengths": [2048, 4096, 8192, 16384, 32768], "dilation_rates": [1, 2, 4, 6, 12]}
 SMOKE_DILATED = {"segment_lengths": [64, 128, 256], "dilation_rates": [1, 2, 4]}
+DEFAULT_TARGETS = ["dilated_gather", "dilated_scaling", "sliding_window", "auto_pick"]  # every device; a GPU adds one
 ROUNDS = 3  # interleaved measurement rounds per ratio; the ratio reported is the median of the rounds' ratios
 
 
@@ -44,6 +47,7 @@ class Sizes:
     window: int = 512
     window_n: int = 16384
     pick_n: int = 8192
+    flash_n: int = 131072  # the GPU target: dilated against dense flash attention
     min_run_time_s: float = 2.0
     dilated: dict = None  # type: ignore[assignment]
     paper: dict = None  # type: ignore[assignment]
@@ -54,7 +58,7 @@ class Sizes:
 
 
 SMOKE = Sizes(heads=2, head_dim=16, dilated_n=1024, scaling_small_n=512, scaling_large_n=2048, window=32,
-              window_n=512, pick_n=512, min_run_time_s=0.05, dilated=SMOKE_DILATED, paper=SMOKE_DILATED)
+              window_n=512, pick_n=512, flash_n=1024, min_run_time_s=0.05, dilated=SMOKE_DILATED, paper=SMOKE_DILATED)
 
 
 class Targets:
@@ -114,7 +118,7 @@ class Targets:
         sizes, n = self.sizes, self.sizes.dilated_n
         attn = ai.build("dilated", "gather", **sizes.dilated)
         q, k, v, grad_out = self.inputs(n)
-        kernel = CpuFlashKernel() if self.device.type == "cpu" else MathKernel()
+        kernel = branch_kernel(q)  # the one the backend calls for these inputs
         scale = default_scale(sizes.head_dim, None)
         gathered = [[piece.gather(x) for x in (q, k, v)] for piece in plan(attn.params, n, sizes.heads)]
 
@@ -147,7 +151,7 @@ class Targets:
         events = profile.key_averages()
         total = sum(e.self_cpu_time_total for e in events)
         in_kernel = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key
-                        or "efficient_attention" in e.key or e.key == "aten::bmm")
+                        or "flash_attention" in e.key or "efficient_attention" in e.key or e.key == "aten::bmm")
         self.record("dilated gather: share of forward time outside the attention kernel (profiler)",
                     1.0 - in_kernel / total, 0.05, False,
                     f"{(total - in_kernel) / 1e3:.1f} of {total / 1e3:.1f} ms self CPU time outside the kernel",
@@ -271,13 +275,39 @@ class Targets:
                         times[picked.backend] / times[fastest], 1.0 + 0.1, False,
                         f"picked {picked.backend}; causal forward N={n}: {listing}", seq_len=n)
 
+    # -- target 5 (GPU): the dilated backend a user gets against dense flash attention --------------------------
+    def dilated_vs_flash(self) -> None:
+        """On a GPU an issue target; elsewhere (the smoke run on CPU) a context measurement."""
+        sizes, n = self.sizes, self.sizes.flash_n
+        dilated = ai.build("dilated", **sizes.dilated)  # backend=None: the pick for this device and dtype
+        dense = ai.build("dense", "sdpa")
+        q, k, v, _ = self.inputs(n)
+
+        def dense_flash() -> torch.Tensor:
+            # torch's flash kernel itself, not whichever SDPA kernel torch would pick for these inputs
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return dense(q, k, v)
+
+        def one_round() -> tuple[float, ...]:
+            rates = []
+            for attn, call in ((dilated, lambda: dilated(q, k, v)), (dense, dense_flash)):
+                seconds = self.time(call)["latency_median_s"]
+                rates.append(ai.useful_flops(attn.params, 1, n, sizes.heads, sizes.head_dim, False) / seconds)
+            return rates[0] / rates[1], rates[0], rates[1]
+
+        ratio, dilated_rate, dense_rate = self.rounds(one_round)
+        self.record(f"dilated ({dilated.backend}) useful FLOP/s / dense flash attention's, N={n}", ratio, 0.70, True,
+                    f"forward, not causal: {dilated_rate / 1e9:.1f} vs {dense_rate / 1e9:.1f} GFLOP/s "
+                    f"(medians of {ROUNDS} rounds)", issue_target=self.device.type == "cuda", seq_len=n)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes: check that the script works")
     parser.add_argument("--skip-1m", action="store_true", help="skip the 1M-token scaling target")
-    parser.add_argument("--only", choices=["dilated_gather", "dilated_scaling", "sliding_window", "auto_pick"],
-                        action="append", help="run only these targets (repeatable)")
+    parser.add_argument("--only", choices=[*DEFAULT_TARGETS, "dilated_vs_flash"], action="append",
+                        help="run only these targets (repeatable); dilated_vs_flash runs by default on a GPU and in "
+                             "the smoke run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=2)
@@ -285,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     targets = Targets(args, SMOKE if args.smoke else Sizes())
-    chosen = args.only or ["dilated_gather", "dilated_scaling", "sliding_window", "auto_pick"]
+    on_gpu = torch.device(args.device).type == "cuda"
+    chosen = args.only or [*DEFAULT_TARGETS, *(["dilated_vs_flash"] if on_gpu or args.smoke else [])]
     if args.skip_1m and "dilated_scaling" in chosen:
         chosen.remove("dilated_scaling")
     for name in chosen:

@@ -9,6 +9,7 @@ from . import (  # noqa: F401
     dilated_xformers,
     reference,
     sliding_window_chunked,
+    sliding_window_flash,
     sliding_window_flex,
     sliding_window_masked_sdpa,
     sliding_window_xformers,

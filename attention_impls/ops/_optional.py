@@ -49,3 +49,44 @@ def cpu_compiler_missing() -> str | None:
     if shutil.which("g++") or shutil.which("c++") or shutil.which("clang++"):
         return None
     return "FlexAttention on CPU is compiled by inductor, which needs a C++ compiler (apt-get install g++)"
+
+
+FLASH_DTYPES = ("float16", "bfloat16")
+FLASH_MAX_HEAD_DIM = 256
+
+
+@functools.cache
+def cuda_flash_unavailable_reason() -> str | None:
+    import torch
+
+    if not torch.backends.cuda.is_flash_attention_available():
+        return f"this torch ({torch.__version__}) was built without CUDA flash attention"
+    return None
+
+
+@functools.cache
+def cuda_flash_window_unavailable_reason() -> str | None:
+    """As cuda_flash_unavailable_reason, and also the window arguments the sliding-window backend needs."""
+    import torch
+
+    if (missing := cuda_flash_unavailable_reason()) is not None:
+        return missing
+    if "window_size_left" not in str(torch.ops.aten._flash_attention_forward.default._schema):
+        return f"this torch ({torch.__version__}) has no window arguments in its flash kernel"
+    return None
+
+
+def cuda_flash_unsupported(q) -> str | None:
+    """Why torch's CUDA flash kernel cannot take these inputs (device, dtype, head_dim), or None."""
+    import torch
+
+    if q.device.type != "cuda":
+        return f"device={q.device.type} (the kernel runs on cuda)"
+    if (dtype := str(q.dtype).removeprefix("torch.")) not in FLASH_DTYPES:
+        return f"dtype={dtype} (supported: {', '.join(FLASH_DTYPES)})"
+    head_dim = q.shape[-1]
+    if head_dim % 8 or head_dim > FLASH_MAX_HEAD_DIM:
+        return f"head_dim={head_dim} (supported: multiples of 8 up to {FLASH_MAX_HEAD_DIM})"
+    if torch.cuda.get_device_capability(q.device) < (8, 0):
+        return f"compute capability {torch.cuda.get_device_capability(q.device)} (needs >= (8, 0))"
+    return None

@@ -212,3 +212,36 @@ def test_band_backward_blocks_grow_with_the_window():
     blocks = [backward_block(left, right) for left, right in [(8, 0), (63, 0), (64, 0), (100, 91), (512, 0), (0, 4096)]]
     assert blocks == [32, 32, 64, 64, WIDE_BACKWARD_BLOCK, WIDE_BACKWARD_BLOCK]
     assert blocks == sorted(blocks)
+
+
+CUDA_CASES = [
+    (mechanism, name, params)
+    for mechanism, cases in {
+        "dense": [{}],
+        "sliding_window": [{"window": 37}, {"window": [5, 20]}],
+        "dilated": [{"segment_lengths": [16, 64, 128], "dilation_rates": [1, 2, 4]}],
+    }.items()
+    for name, cls in REGISTRY[mechanism].items()
+    if name != "reference"
+    for params in cases
+]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mechanism, backend, params", CUDA_CASES)
+@pytest.mark.parametrize("causal", [True, False])
+def test_cuda_backend_in_bfloat16_matches_reference(mechanism, backend, params, causal):
+    """Every backend that runs on this GPU, bf16, outputs and gradients against the float64 reference (on the CPU):
+    output max abs error < 3e-2, gradient relative L2 error < 3e-2."""
+    cls = REGISTRY[mechanism][backend]
+    if reasons := cls.not_supported_reasons("cuda", torch.bfloat16, causal, True):
+        pytest.skip("; ".join(reasons))
+    q, k, v, grad_out = _inputs(dict(batch=2, seq_len=300, heads=4, head_dim=64), torch.float64, 11)
+    expected, expected_grads = _reference(mechanism, params, q, k, v, grad_out, causal)
+    leaves = [x.to("cuda", torch.bfloat16).requires_grad_() for x in (q, k, v)]
+    out = ai.build(mechanism, backend, **params)(*leaves, causal=causal)
+    out.backward(grad_out.to("cuda", torch.bfloat16))
+    assert (out.double().cpu() - expected).abs().max().item() < 3e-2
+    for name, leaf, ref in zip("qkv", leaves, expected_grads):
+        error = (leaf.grad.double().cpu() - ref).norm().item() / ref.norm().item()
+        assert error < 3e-2, f"d{name} relative L2 error {error:.2e}"

@@ -4,6 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from attention_impls.registry import get_backend_class
 from harness.__main__ import check, main
 from harness.config import CONF_DIR, ConfigError, compose, expand_overrides, group_options
 
@@ -12,7 +13,7 @@ GROUPS = ["attention", "benchmark", "logger", "experiment"]
 
 def test_conf_holds_the_expected_options():
     assert {"dense_sdpa", "dense_math", "dense_xformers", "dense_reference", "sliding_window_chunked",
-            "sliding_window_flex", "sliding_window_masked_sdpa", "sliding_window_xformers",
+            "sliding_window_flash", "sliding_window_flex", "sliding_window_masked_sdpa", "sliding_window_xformers",
             "sliding_window_reference", "dilated_gather", "dilated_flex", "dilated_xformers", "dilated_reference",
             "longnet_paper"} <= set(group_options("attention"))
     assert {"none", "wandb"} == set(group_options("logger"))
@@ -30,7 +31,14 @@ def test_every_config_file_composes(group, option):
         assert cfg.experiment == option == cfg.name
 
 
-@pytest.mark.parametrize("option", [o for o in group_options("attention") if "xformers" not in o])
+def _available_here(option: str) -> bool:
+    attention = compose([f"attention={option}"]).attention
+    if attention.backend is None:  # backend=None: the dispatcher picks one that runs
+        return True
+    return get_backend_class(attention.mechanism, attention.backend).unavailable_reason() is None
+
+
+@pytest.mark.parametrize("option", [o for o in group_options("attention") if _available_here(o)])
 def test_every_runnable_attention_option_passes_the_checks(option, tmp_path):
     check(compose([f"attention={option}", f"results_dir={tmp_path}", "benchmark.seq_lens=[4096]"]))
 

@@ -14,8 +14,8 @@ def test_smoke_run_measures_every_target_and_stores_rows(tmp_path, capsys):
     spec.loader.exec_module(module)
     assert module.main(["--smoke", "--results-dir", str(tmp_path)]) == 0
     rows = pd.read_parquet(tmp_path / "perf_targets" / "results.parquet")
-    assert len(rows) == 13 and set(rows["kind"]) == {"perf_target"}
+    assert len(rows) == 14 and set(rows["kind"]) == {"perf_target"}
     assert rows["measured"].notna().all() and (rows["measured"] > 0).all()
     printed = capsys.readouterr().out
-    assert printed.count("target") >= 13 and "of 11 issue targets met" in printed
-    assert rows["issue_target"].sum() == 11  # the bidirectional window's two rows are context
+    assert printed.count("target") >= 14 and "of 11 issue targets met" in printed
+    assert rows["issue_target"].sum() == 11  # context: the bidirectional window, and the GPU target on CPU
