@@ -105,9 +105,8 @@ class Targets:
         print(f"{'PASS' if passed else 'FAIL'}  {target}: measured {measured:.3f}, target {sign} {limit}  ({detail})")
         row = {"kind": "perf_target", "status": "ok", "target": target, "measured": measured, "limit": limit,
                "comparison": sign, "passed": passed, "issue_target": issue_target, "detail": detail,
-               "device": self.args.device,
-               "dtype": self.args.dtype, "smoke": self.args.smoke, "matmul_peak_flops_per_s": self.ceiling,
-               **columns, **self.env}
+               "device": self.args.device, "dtype": self.args.dtype, "smoke": self.args.smoke,
+               "matmul_peak_flops_per_s": self.ceiling, **columns, **self.env}
         row["config_hash"] = config_hash({"target": target, "smoke": self.args.smoke, "device": self.args.device,
                                           "dtype": self.args.dtype, "run": self.store.job_id})
         self.results.append(row)
