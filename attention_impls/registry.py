@@ -62,8 +62,10 @@ class AttentionBackend:
 
     @classmethod
     def not_supported_reasons(
-        cls, device: torch.device | str, dtype: torch.dtype, causal: bool, requires_grad: bool
+        cls, device: torch.device | str, dtype: torch.dtype, causal: bool, requires_grad: bool,
+        head_dim: int | None = None,
     ) -> list[str]:
+        """Why this backend cannot run such inputs, in words ([] = it can); `head_dim` None: any head_dim."""
         reasons = []
         if (missing := cls.unavailable_reason()) is not None:
             reasons.append(missing)
@@ -206,19 +208,20 @@ class Attention(torch.nn.Module):
             self._impls[name] = get_backend_class(self.mechanism, name)(self.params)
         return self._impls[name]
 
-    def resolve(self, device: torch.device, dtype: torch.dtype, causal: bool, requires_grad: bool) -> str:
+    def resolve(self, device: torch.device, dtype: torch.dtype, causal: bool, requires_grad: bool,
+                head_dim: int | None = None) -> str:
         """The backend name to run for these inputs; raises with every candidate's reasons when none fits."""
         if self.requested_backend is not None:
             cls = get_backend_class(self.mechanism, self.requested_backend)
-            reasons = cls.not_supported_reasons(device, dtype, causal, requires_grad)
+            reasons = cls.not_supported_reasons(device, dtype, causal, requires_grad, head_dim)
             if reasons:
                 raise RuntimeError(
                     f"{self.mechanism} backend {self.requested_backend!r} cannot run these inputs: "
                     f"{'; '.join(reasons)}. Backends that can: "
-                    f"{_fitting_names(self.mechanism, device, dtype, causal, requires_grad) or 'none'}"
+                    f"{_fitting_names(self.mechanism, device, dtype, causal, requires_grad, head_dim) or 'none'}"
                 )
             return self.requested_backend
-        key = (str(device), _dtype_name(dtype), requires_grad)
+        key = (str(device), _dtype_name(dtype), requires_grad, head_dim)
         if key in self.picked:
             return self.picked[key]
         order = PRIORITY.get((self.mechanism, device.type), tuple(n for n in REGISTRY[self.mechanism]
@@ -226,7 +229,7 @@ class Attention(torch.nn.Module):
         report = []
         for name in order:
             reasons = get_backend_class(self.mechanism, name).not_supported_reasons(device, dtype, causal,
-                                                                                   requires_grad)
+                                                                                   requires_grad, head_dim)
             if not reasons:
                 self.picked[key] = name
                 return name
@@ -242,7 +245,7 @@ class Attention(torch.nn.Module):
                 check_dilated_coverage(self.params, seq_len, num_heads)
                 self._coverage_checked.add((seq_len, num_heads))
         requires_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-        name = self.resolve(q.device, q.dtype, causal, requires_grad)
+        name = self.resolve(q.device, q.dtype, causal, requires_grad, head_dim=q.shape[-1])
         self.backend = name
         return self._impl(name).forward(q, k, v, causal)
 
@@ -251,9 +254,9 @@ def _available_names(mechanism: str) -> list[str]:
     return [name for name, cls in REGISTRY[mechanism].items() if cls.unavailable_reason() is None]
 
 
-def _fitting_names(mechanism, device, dtype, causal, requires_grad) -> list[str]:
+def _fitting_names(mechanism, device, dtype, causal, requires_grad, head_dim=None) -> list[str]:
     return [name for name, cls in REGISTRY[mechanism].items()
-            if not cls.not_supported_reasons(device, dtype, causal, requires_grad)]
+            if not cls.not_supported_reasons(device, dtype, causal, requires_grad, head_dim)]
 
 
 def build(mechanism: str, backend: str | None = None, **params: Any) -> Attention:

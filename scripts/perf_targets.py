@@ -103,12 +103,22 @@ class Targets:
         passed = measured >= limit if higher_is_better else measured <= limit
         sign = ">=" if higher_is_better else "<="
         print(f"{'PASS' if passed else 'FAIL'}  {target}: measured {measured:.3f}, target {sign} {limit}  ({detail})")
-        row = {"kind": "perf_target", "status": "ok", "target": target, "measured": measured, "limit": limit,
-               "comparison": sign, "passed": passed, "issue_target": issue_target, "detail": detail,
-               "device": self.args.device, "dtype": self.args.dtype, "smoke": self.args.smoke,
-               "matmul_peak_flops_per_s": self.ceiling, **columns, **self.env}
-        row["config_hash"] = config_hash({"target": target, "smoke": self.args.smoke, "device": self.args.device,
-                                          "dtype": self.args.dtype, "run": self.store.job_id})
+        self._keep({"status": "ok", "target": target, "measured": measured, "limit": limit, "comparison": sign,
+                    "passed": passed, "issue_target": issue_target, "detail": detail, **columns})
+
+    def record_error(self, name: str, error: Exception) -> None:
+        """A target that raised: a row with status=error and the reason, never a lost run."""
+        reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
+        print(f"ERROR {name}: {reason}")
+        self._keep({"status": "error", "reason": reason, "target": name, "measured": float("nan"), "passed": False,
+                    "issue_target": True})
+
+    def _keep(self, columns: dict[str, Any]) -> None:
+        row = {"kind": "perf_target", **columns, "device": self.args.device, "dtype": self.args.dtype,
+               "smoke": self.args.smoke, "matmul_peak_flops_per_s": self.ceiling, **self.env}
+        row["config_hash"] = config_hash({"target": columns["target"], "smoke": self.args.smoke,
+                                          "device": self.args.device, "dtype": self.args.dtype,
+                                          "run": self.store.job_id})
         self.results.append(row)
         self.store.append(row)
 
@@ -323,8 +333,13 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.only or [*DEFAULT_TARGETS, *(["dilated_vs_flash"] if on_gpu or args.smoke else [])]
     if args.skip_1m and "dilated_scaling" in chosen:
         chosen.remove("dilated_scaling")
+    failed = []
     for name in chosen:
-        getattr(targets, name)()
+        try:
+            getattr(targets, name)()
+        except Exception as error:  # one broken target (a kernel's first run on a new device) must not lose the rest
+            failed.append(name)
+            targets.record_error(name, error)
     targets.store.consolidate()
     issue = [r for r in targets.results if r["issue_target"]]
     context = [r for r in targets.results if not r["issue_target"]]
@@ -332,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     if context:
         print(f"; {sum(r['passed'] for r in context)} of {len(context)} context measurements above their bar", end="")
     print(f"; rows in {targets.store.dir}")
-    return 0
+    if failed:
+        print(f"targets that raised (status=error rows): {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

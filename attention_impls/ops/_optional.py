@@ -76,6 +76,12 @@ def cuda_flash_window_unavailable_reason() -> str | None:
     return None
 
 
+def flash_head_dim_unsupported(head_dim: int) -> str | None:
+    if head_dim % 8 or head_dim > FLASH_MAX_HEAD_DIM:
+        return f"head_dim={head_dim} (supported: multiples of 8 up to {FLASH_MAX_HEAD_DIM})"
+    return None
+
+
 def cuda_flash_unsupported(q) -> str | None:
     """Why torch's CUDA flash kernel cannot take these inputs (device, dtype, head_dim), or None."""
     import torch
@@ -84,9 +90,8 @@ def cuda_flash_unsupported(q) -> str | None:
         return f"device={q.device.type} (the kernel runs on cuda)"
     if (dtype := str(q.dtype).removeprefix("torch.")) not in FLASH_DTYPES:
         return f"dtype={dtype} (supported: {', '.join(FLASH_DTYPES)})"
-    head_dim = q.shape[-1]
-    if head_dim % 8 or head_dim > FLASH_MAX_HEAD_DIM:
-        return f"head_dim={head_dim} (supported: multiples of 8 up to {FLASH_MAX_HEAD_DIM})"
+    if (why := flash_head_dim_unsupported(q.shape[-1])) is not None:
+        return why
     if torch.cuda.get_device_capability(q.device) < (8, 0):
         return f"compute capability {torch.cuda.get_device_capability(q.device)} (needs >= (8, 0))"
     return None

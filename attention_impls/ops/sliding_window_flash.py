@@ -4,7 +4,7 @@ import torch
 
 from ..kernels import CudaFlashKernel, LseFunction, default_scale
 from ..registry import AttentionBackend, register
-from ._optional import cuda_flash_unsupported, cuda_flash_window_unavailable_reason
+from ._optional import cuda_flash_unsupported, cuda_flash_window_unavailable_reason, flash_head_dim_unsupported
 
 
 @register
@@ -22,6 +22,13 @@ class SlidingWindowFlash(AttentionBackend):
     @classmethod
     def unavailable_reason(cls):
         return cuda_flash_window_unavailable_reason()
+
+    @classmethod
+    def not_supported_reasons(cls, device, dtype, causal, requires_grad, head_dim=None):
+        reasons = super().not_supported_reasons(device, dtype, causal, requires_grad, head_dim)
+        if head_dim is not None and (why := flash_head_dim_unsupported(head_dim)) is not None:
+            reasons.append(why)  # backend=None then picks the next backend instead of failing in forward
+        return reasons
 
     def forward(self, q, k, v, causal):
         if (why := cuda_flash_unsupported(q)) is not None:

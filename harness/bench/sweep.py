@@ -247,7 +247,7 @@ class SpeedRun:
             return self.recorded[point_hash]
         try:
             backend = attention_impls.build(point.mechanism, point.backend, **point.params).resolve(
-                torch.device(point.device), DTYPES[point.dtype], point.causal, point.backward)
+                torch.device(point.device), DTYPES[point.dtype], point.causal, point.backward, point.head_dim)
             columns = {}
         except RuntimeError as error:
             backend = point.backend

@@ -169,7 +169,7 @@ def run_retrieval(attention: Any, cfg: Any, store: ResultsStore, logger: Optiona
             "device": cfg.train.device, "dtype": cfg.train.dtype, "chance": chance_accuracy(cfg.task),
             "config": json.dumps(identity, sort_keys=True)}
 
-    reasons = _training_unsupported(attention, device, dtype)
+    reasons = _training_unsupported(attention, device, dtype, cfg.model.d_model // cfg.model.heads)
     if reasons:
         rows = [{**base, **fingerprint(cfg.train.device), "status": "unsupported", "reason": reasons,
                  "backend": attention["backend"]}]
@@ -204,11 +204,12 @@ def run_retrieval(attention: Any, cfg: Any, store: ResultsStore, logger: Optiona
     return frame
 
 
-def _training_unsupported(attention: dict[str, Any], device: torch.device, dtype: torch.dtype) -> str:
+def _training_unsupported(attention: dict[str, Any], device: torch.device, dtype: torch.dtype,
+                          head_dim: int) -> str:
     """Why no backend can train this variant here ('' if one can): decided before the model is built."""
     try:
         attn = build(attention["mechanism"], attention["backend"], **attention["params"])
-        attn.resolve(device, dtype, causal=True, requires_grad=True)
+        attn.resolve(device, dtype, causal=True, requires_grad=True, head_dim=head_dim)
     except RuntimeError as error:  # build and resolve raise RuntimeError only for "cannot run here"
         return str(error)
     return ""

@@ -40,6 +40,11 @@ def test_flash_backends_say_why_they_cannot_run_on_cpu():
     text = "; ".join(reasons)
     assert "device=cpu (supported: cuda)" in text and "dtype=float32 (supported: bfloat16, float16)" in text
     assert cuda_flash_unsupported(torch.zeros(1, 4, 1, 8)) == "device=cpu (the kernel runs on cuda)"
+    # head_dim is part of what the backend declares, so that backend=None passes over it for a head_dim it can't take
+    flash = get_backend_class("sliding_window", "flash")
+    odd = flash.not_supported_reasons("cuda", torch.bfloat16, True, True, head_dim=12)
+    assert "head_dim=12 (supported: multiples of 8 up to 256)" in odd
+    assert not any("head_dim" in r for r in flash.not_supported_reasons("cuda", torch.bfloat16, True, True, 64))
     if not torch.backends.cuda.is_flash_attention_available():  # a CPU build of torch, as in CI
         (flash,) = [b for b in ai.backends("sliding_window") if b.name == "flash"]
         assert not flash.available and "built without CUDA flash attention" in flash.reason

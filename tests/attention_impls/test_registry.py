@@ -30,7 +30,7 @@ def test_auto_pick_names_the_backend_and_respects_backward_support():
     attn(q, q, q, causal=True).sum().backward()
     assert attn.backend in REGISTRY["sliding_window"]
     assert not REGISTRY["sliding_window"][attn.backend].not_supported_reasons("cpu", torch.float32, True, True)
-    assert attn.picked[("cpu", "float32", True)] == attn.backend
+    assert attn.picked[("cpu", "float32", True, 8)] == attn.backend  # keyed by head_dim too (it can decide)
 
 
 def test_priority_lists_name_real_backends():

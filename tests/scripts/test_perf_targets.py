@@ -19,3 +19,23 @@ def test_smoke_run_measures_every_target_and_stores_rows(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("target") >= 14 and "of 11 issue targets met" in printed
     assert rows["issue_target"].sum() == 11  # context: the bidirectional window, and the GPU target on CPU
+
+
+def test_a_target_that_raises_becomes_an_error_row_and_the_others_still_run(tmp_path, capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("perf_targets", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["perf_targets"] = module
+    spec.loader.exec_module(module)
+
+    def broken(self):
+        raise RuntimeError("kernel not built for this device")
+
+    monkeypatch.setattr(module.Targets, "dilated_scaling", broken)
+    argv = ["--smoke", "--results-dir", str(tmp_path), "--only", "dilated_scaling", "--only", "auto_pick"]
+    assert module.main(argv) == 1
+    rows = pd.read_parquet(tmp_path / "perf_targets" / "results.parquet")
+    error = rows[rows["status"] == "error"]
+    assert error["target"].tolist() == ["dilated_scaling"]
+    assert error["reason"].iloc[0] == "RuntimeError: kernel not built for this device"
+    assert (rows["status"] == "ok").sum() == 3  # the three backend=None targets after it
+    assert "targets that raised (status=error rows): dilated_scaling" in capsys.readouterr().out
