@@ -16,7 +16,7 @@ import argparse
 import statistics
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -61,6 +61,21 @@ SMOKE = Sizes(heads=2, head_dim=16, dilated_n=1024, scaling_small_n=512, scaling
               window_n=512, pick_n=512, flash_n=1024, min_run_time_s=0.05, dilated=SMOKE_DILATED, paper=SMOKE_DILATED)
 
 
+@dataclass
+class Rounds:
+    """The samples of interleaved measurement rounds, one tuple of quantities per round."""
+
+    samples: list[tuple[float, ...]]
+
+    @property
+    def medians(self) -> tuple[float, ...]:
+        return tuple(statistics.median(column) for column in zip(*self.samples))
+
+    def column(self, position: int) -> list[float]:
+        """One quantity's value in every round, in round order."""
+        return [sample[position] for sample in self.samples]
+
+
 class Targets:
     def __init__(self, args: argparse.Namespace, sizes: Sizes) -> None:
         self.args, self.sizes = args, sizes
@@ -91,18 +106,28 @@ class Targets:
         return matmul_ceiling(self.args.device, self.args.dtype, size=size,
                               min_run_time_s=0.5 if not self.args.smoke else 0.05)["matmul_peak_flops_per_s"]
 
-    def rounds(self, measure: Callable[[], tuple[float, ...]], count: int = ROUNDS) -> tuple[float, ...]:
-        """Per-position medians over interleaved rounds of `measure()`: a load change hits every quantity alike,
-        and a ratio of two quantities taken in the same round is what the targets compare."""
-        samples = [measure() for _ in range(count)]
-        return tuple(statistics.median(column) for column in zip(*samples))
+    def rounds(self, measure: Callable[[], tuple[float, ...]], count: int = ROUNDS) -> Rounds:
+        """Interleaved rounds of `measure()`: a load change hits every quantity of a round alike, and a ratio of
+        two quantities taken in the same round is what the targets compare (as the median over rounds)."""
+        return Rounds([measure() for _ in range(count)])
 
     def record(self, target: str, measured: float, limit: float, higher_is_better: bool, detail: str,
-               issue_target: bool = True, **columns: Any) -> None:
-        """`issue_target=False`: measured against a bar for context, not one of the issue's targets."""
-        passed = measured >= limit if higher_is_better else measured <= limit
-        sign = ">=" if higher_is_better else "<="
-        print(f"{'PASS' if passed else 'FAIL'}  {target}: measured {measured:.3f}, target {sign} {limit}  ({detail})")
+               issue_target: bool = True, rounds: Sequence[float] | None = None, **columns: Any) -> None:
+        """`issue_target=False`: measured against a bar for context, not one of the issue's targets. `rounds`: the
+        measured ratio in each round (`measured` is their median); its spread says whether a verdict is clear of
+        the machine's noise or straddles the limit."""
+        def meets(value: float) -> bool:
+            return value >= limit if higher_is_better else value <= limit
+
+        passed, sign = meets(measured), ">=" if higher_is_better else "<="
+        spread = ""
+        if rounds:
+            columns.update(round_min=min(rounds), round_max=max(rounds), round_count=len(rounds),
+                           rounds_passed=sum(map(meets, rounds)))
+            spread = (f"; rounds {min(rounds):.3f}-{max(rounds):.3f}, "
+                      f"{columns['rounds_passed']} of {len(rounds)} meet it")
+        print(f"{'PASS' if passed else 'FAIL'}  {target}: measured {measured:.3f}, target {sign} {limit}{spread}  "
+              f"({detail})")
         self._keep({"status": "ok", "target": target, "measured": measured, "limit": limit, "comparison": sign,
                     "passed": passed, "issue_target": issue_target, "detail": detail, **columns})
 
@@ -145,14 +170,16 @@ class Targets:
             ceiling = self.ceiling_now()
             return t_forward / t_bare, flops / t_forward / ceiling, t_forward, t_bare, ceiling, flops / t_bare / ceiling
 
-        overhead, efficiency, t_forward, t_bare, ceiling, bare_efficiency = self.rounds(one_round)
+        forward_rounds = self.rounds(one_round)
+        overhead, efficiency, t_forward, t_bare, ceiling, bare_efficiency = forward_rounds.medians
         self.record("dilated gather: time / bare sum of branch kernels", overhead, 1.05, False,
                     f"N={n}, forward {t_forward * 1e3:.1f} ms, bare kernels {t_bare * 1e3:.1f} ms "
-                    f"(medians of {ROUNDS} interleaved rounds)", seq_len=n, latency_median_s=t_forward)
+                    f"(medians of {ROUNDS} interleaved rounds)", rounds=forward_rounds.column(0), seq_len=n,
+                    latency_median_s=t_forward)
         self.record("dilated gather: useful FLOP/s / matmul ceiling", efficiency, 0.80, True,
                     f"{flops / t_forward / 1e9:.1f} GFLOP/s useful, ceiling {ceiling / 1e9:.1f} GFLOP/s re-measured "
-                    f"each round; the bare branch kernels alone: {bare_efficiency:.3f} of the ceiling", seq_len=n,
-                    flops_per_s=flops / t_forward)
+                    f"each round; the bare branch kernels alone: {bare_efficiency:.3f} of the ceiling",
+                    rounds=forward_rounds.column(1), seq_len=n, flops_per_s=flops / t_forward)
         # The same overhead seen from inside one call, which load drift cannot tilt: torch.profiler's self time
         # of everything that is not the attention kernel, over the whole call.
         with torch.inference_mode(), torch.profiler.profile() as profile:
@@ -198,11 +225,14 @@ class Targets:
             t_bare = self.time(bare_kernels(backward=False))["latency_median_s"]
             return t_both / t_forward, t_both, t_forward, t_bare_both / t_bare
 
-        ratio, t_both, t_forward, bare_ratio = self.rounds(both_round)
+        both_rounds = self.rounds(both_round)
+        ratio, t_both, t_forward, bare_ratio = both_rounds.medians
         del branches
         self.record("dilated gather: forward+backward / forward", ratio, 3.5, False,
                     f"fwd+bwd {t_both * 1e3:.1f} ms, fwd {t_forward * 1e3:.1f} ms (medians of {ROUNDS} rounds); "
-                    f"the bare branch kernels' own fwd+bwd / fwd: {bare_ratio:.3f}", seq_len=n)
+                    f"the bare branch kernels' own fwd+bwd / fwd: {bare_ratio:.3f} (rounds "
+                    f"{min(both_rounds.column(3)):.3f}-{max(both_rounds.column(3)):.3f})",
+                    rounds=both_rounds.column(0), seq_len=n)
 
     # -- target 2: linear scaling of the paper's configuration -------------------------------------------------
     def dilated_scaling(self) -> None:
@@ -257,13 +287,14 @@ class Targets:
                                  / seconds)
                 return rates[0] / rates[1], rates[0], rates[1]
 
-            ratio, window_rate, dense_rate = self.rounds(one_round)
+            window_rounds = self.rounds(one_round)
+            ratio, window_rate, dense_rate = window_rounds.medians
             label = "forward+backward" if grad else "forward"
             shape = "causal" if causal else f"[{sizes.window}, {sizes.window}] non-causal (not an issue target)"
             self.record(f"sliding window ({window.backend}) {shape} useful FLOP/s / dense SDPA's, {label}", ratio,
                         0.60, True, f"window {sizes.window} N={n}: {window_rate / 1e9:.1f} vs "
                                     f"{dense_rate / 1e9:.1f} GFLOP/s (medians of {ROUNDS} rounds)",
-                        issue_target=causal, seq_len=n)
+                        issue_target=causal, rounds=window_rounds.column(0), seq_len=n)
 
     # -- target 4: backend=None picks the fastest ----------------------------------------------------------------
     def auto_pick(self) -> None:
@@ -309,10 +340,12 @@ class Targets:
                 rates.append(ai.useful_flops(attn.params, 1, n, sizes.heads, sizes.head_dim, False) / seconds)
             return rates[0] / rates[1], rates[0], rates[1]
 
-        ratio, dilated_rate, dense_rate = self.rounds(one_round)
+        flash_rounds = self.rounds(one_round)
+        ratio, dilated_rate, dense_rate = flash_rounds.medians
         self.record(f"dilated ({dilated.backend}) useful FLOP/s / dense flash attention's, N={n}", ratio, 0.70, True,
                     f"forward, not causal: {dilated_rate / 1e9:.1f} vs {dense_rate / 1e9:.1f} GFLOP/s "
-                    f"(medians of {ROUNDS} rounds)", issue_target=self.device.type == "cuda", seq_len=n)
+                    f"(medians of {ROUNDS} rounds)", issue_target=self.device.type == "cuda",
+                    rounds=flash_rounds.column(0), seq_len=n)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,8 +48,9 @@ DISTRIBUTED_SUMMARY_COLUMNS = (
     "predicted_bytes_sent_max", "bytes_sent_total", "predicted_bytes_sent_total", "bytes_match", "peak_mem_max_mib",
     "max_abs_err", "reason",
 )
-PERF_TARGET_COLUMNS = ("target", "measured", "comparison", "limit", "passed", "issue_target", "detail", "device",
-                       "dtype", "smoke", "runs", "timestamp")
+PERF_TARGET_COLUMNS = ("target", "measured", "comparison", "limit", "passed", "rounds", "issue_target", "detail",
+                       "device", "dtype", "smoke", "runs", "timestamp")
+_PERF_ROUND_COLUMNS = ("round_min", "round_max", "rounds_passed", "round_count")
 FAILURE_COLUMNS = ("kind", "variant", "task", "pass", "seq_len", "rank", "status", "reason")
 
 MIB = float(1 << 20)
@@ -373,13 +374,16 @@ def perf_target_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """scripts/perf_targets.py's targets, missed ones first: the newest measurement of each (target, device,
     dtype, smoke), whether it met its limit (`passed`: measured <comparison> limit), whether it is one of the
     issue's targets or a context measurement (`issue_target`) and `runs`, how many times the store has measured
-    it (the older rows stay in the store)."""
+    it (the older rows stay in the store). `rounds` gives the spread of a ratio taken over interleaved rounds
+    ("0.544-0.634, 2 of 3 meet"): a verdict whose rounds straddle the limit is inside the machine's noise."""
     if frame.empty or "kind" not in frame:
         return pd.DataFrame(columns=list(PERF_TARGET_COLUMNS))
     rows = frame[frame["kind"] == "perf_target"]
     if rows.empty:
         return pd.DataFrame(columns=list(PERF_TARGET_COLUMNS))
-    rows = _ensure(rows, PERF_TARGET_COLUMNS)
+    rows = _ensure(rows, (*PERF_TARGET_COLUMNS, *_PERF_ROUND_COLUMNS))
+    rows = rows.assign(rounds=[_round_spread(*values) for values in rows[list(_PERF_ROUND_COLUMNS)].itertuples(
+        index=False)])
     # rows stored before the column existed: their only context measurement said so in its name
     unmarked = rows["issue_target"].isna()
     rows = rows.assign(issue_target=rows["issue_target"].where(
@@ -392,6 +396,13 @@ def perf_target_summary(frame: pd.DataFrame) -> pd.DataFrame:
     latest = latest.assign(passed=passed, _missed=passed.map(lambda v: v is not True))
     latest = latest.sort_values("_missed", ascending=False, kind="stable")
     return latest[list(PERF_TARGET_COLUMNS)].reset_index(drop=True)
+
+
+def _round_spread(low, high, passed, count) -> str | None:
+    """Rows without rounds (single measurements, or stored before rounds were kept) have none."""
+    if pd.isna(count) or not count:
+        return None
+    return f"{low:.3f}-{high:.3f}, {int(passed)} of {int(count)} meet"
 
 
 def failures(frame: pd.DataFrame) -> pd.DataFrame:

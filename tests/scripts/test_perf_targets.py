@@ -19,6 +19,11 @@ def test_smoke_run_measures_every_target_and_stores_rows(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("target") >= 14 and "of 11 issue targets met" in printed
     assert rows["issue_target"].sum() == 11  # context: the bidirectional window, and the GPU target on CPU
+    # every ratio taken over interleaved rounds keeps their spread; the median lies inside it
+    in_rounds = rows[rows["round_count"].notna()]
+    assert len(in_rounds) == 8 and (in_rounds["round_count"] == 3).all()
+    assert ((in_rounds["round_min"] <= in_rounds["measured"]) & (in_rounds["measured"] <= in_rounds["round_max"])).all()
+    assert "of 3 meet it" in printed
 
 
 def test_a_target_that_raises_becomes_an_error_row_and_the_others_still_run(tmp_path, capsys, monkeypatch):

@@ -284,6 +284,8 @@ def perf_target_rows() -> list[dict]:
                              smoke=True, matmul_peak_flops_per_s=MATMUL_PEAK, seq_len=512,
                              latency_median_s=1e-3, config_hash=config_hash({"target": target, "run": run}),
                              flops_per_s=1e9, peak_mem_bytes=None, mem_method=None, **ENV))
+    # the newest gather run kept its three rounds (1.06, 1.02, 0.99): two meet the limit
+    rows[1].update(round_min=0.99, round_max=1.06, rounds_passed=2, round_count=3)
     return rows
 
 

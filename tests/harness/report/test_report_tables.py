@@ -126,6 +126,8 @@ def test_perf_target_summary_keeps_the_newest_run_and_lists_misses_first(fixture
     assert targets["issue_target"].tolist() == [True, False, True, True]
     gather = targets[targets["target"].str.startswith("dilated gather")].iloc[0]
     assert gather["measured"] == 1.02 and bool(gather["passed"]) and gather["runs"] == 2
+    assert gather["rounds"] == "0.990-1.060, 2 of 3 meet"
+    assert targets.loc[targets["target"] != gather["target"], "rounds"].isna().all()  # single measurements
 
 
 def test_perf_target_rows_stored_before_issue_target_existed_are_told_apart_by_name(fixture_rows):
