@@ -111,9 +111,11 @@ class Targets:
         two quantities taken in the same round is what the targets compare (as the median over rounds)."""
         return Rounds([measure() for _ in range(count)])
 
-    def record(self, target: str, measured: float, limit: float, higher_is_better: bool, detail: str,
+    def record(self, key: str, target: str, measured: float, limit: float, higher_is_better: bool, detail: str,
                issue_target: bool = True, rounds: Sequence[float] | None = None, **columns: Any) -> None:
-        """`issue_target=False`: measured against a bar for context, not one of the issue's targets. `rounds`: the
+        """`key`: the target's stable name, `<method>.<measurement>` (the report keeps the newest row per key,
+        whatever its `target` label said then). `issue_target=False`: measured against a bar for context, not one
+        of the issue's targets. `rounds`: the
         measured ratio in each round (`measured` is their median); its spread says whether a verdict is clear of
         the machine's noise or straddles the limit."""
         def meets(value: float) -> bool:
@@ -128,15 +130,15 @@ class Targets:
                       f"{columns['rounds_passed']} of {len(rounds)} meet it")
         print(f"{'PASS' if passed else 'FAIL'}  {target}: measured {measured:.3f}, target {sign} {limit}{spread}  "
               f"({detail})")
-        self._keep({"status": "ok", "target": target, "measured": measured, "limit": limit, "comparison": sign,
-                    "passed": passed, "issue_target": issue_target, "detail": detail, **columns})
+        self._keep({"status": "ok", "target_key": key, "target": target, "measured": measured, "limit": limit,
+                    "comparison": sign, "passed": passed, "issue_target": issue_target, "detail": detail, **columns})
 
     def record_error(self, name: str, error: Exception) -> None:
         """A target that raised: a row with status=error and the reason, never a lost run."""
         reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
         print(f"ERROR {name}: {reason}")
-        self._keep({"status": "error", "reason": reason, "target": name, "measured": float("nan"), "passed": False,
-                    "issue_target": True})
+        self._keep({"status": "error", "reason": reason, "target_key": name, "target": name, "measured": float("nan"),
+                    "passed": False, "issue_target": True})
 
     def _keep(self, columns: dict[str, Any]) -> None:
         row = {"kind": "perf_target", **columns, "device": self.args.device, "dtype": self.args.dtype,
@@ -172,13 +174,13 @@ class Targets:
 
         forward_rounds = self.rounds(one_round)
         overhead, efficiency, t_forward, t_bare, ceiling, bare_efficiency = forward_rounds.medians
-        self.record("dilated gather: time / bare sum of branch kernels", overhead, 1.05, False,
-                    f"N={n}, forward {t_forward * 1e3:.1f} ms, bare kernels {t_bare * 1e3:.1f} ms "
+        self.record("dilated_gather.overhead", "dilated gather: time / bare sum of branch kernels", overhead, 1.05,
+                    False, f"N={n}, forward {t_forward * 1e3:.1f} ms, bare kernels {t_bare * 1e3:.1f} ms "
                     f"(medians of {ROUNDS} interleaved rounds)", rounds=forward_rounds.column(0), seq_len=n,
                     latency_median_s=t_forward)
-        self.record("dilated gather: useful FLOP/s / matmul ceiling", efficiency, 0.80, True,
-                    f"{flops / t_forward / 1e9:.1f} GFLOP/s useful, ceiling {ceiling / 1e9:.1f} GFLOP/s re-measured "
-                    f"each round; the bare branch kernels alone: {bare_efficiency:.3f} of the ceiling",
+        self.record("dilated_gather.efficiency", "dilated gather: useful FLOP/s / matmul ceiling", efficiency, 0.80,
+                    True, f"{flops / t_forward / 1e9:.1f} GFLOP/s useful, ceiling {ceiling / 1e9:.1f} GFLOP/s "
+                    f"re-measured each round; the bare branch kernels alone: {bare_efficiency:.3f} of the ceiling",
                     rounds=forward_rounds.column(1), seq_len=n, flops_per_s=flops / t_forward)
         # The same overhead seen from inside one call, which load drift cannot tilt: torch.profiler's self time
         # of everything that is not the attention kernel, over the whole call.
@@ -188,7 +190,8 @@ class Targets:
         total = sum(e.self_cpu_time_total for e in events)
         in_kernel = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key
                         or "flash_attention" in e.key or "efficient_attention" in e.key or e.key == "aten::bmm")
-        self.record("dilated gather: share of forward time outside the attention kernel (profiler)",
+        self.record("dilated_gather.outside_kernel",
+                    "dilated gather: share of forward time outside the attention kernel (profiler)",
                     1.0 - in_kernel / total, 0.05, False,
                     f"{(total - in_kernel) / 1e3:.1f} of {total / 1e3:.1f} ms self CPU time outside the kernel",
                     seq_len=n)
@@ -196,7 +199,8 @@ class Targets:
         with torch.inference_mode():
             peak, method = peak_memory_bytes(forward, self.device)
         output_bytes = q.numel() * q.element_size()
-        self.record("dilated gather: peak memory above inputs / output size", peak / output_bytes, 3.0, False,
+        self.record("dilated_gather.memory", "dilated gather: peak memory above inputs / output size",
+                    peak / output_bytes, 3.0, False,
                     f"{peak / 2**20:.0f} MiB above inputs, output {output_bytes / 2**20:.0f} MiB; {method}",
                     seq_len=n, peak_mem_bytes=peak, mem_method=method)
 
@@ -228,7 +232,7 @@ class Targets:
         both_rounds = self.rounds(both_round)
         ratio, t_both, t_forward, bare_ratio = both_rounds.medians
         del branches
-        self.record("dilated gather: forward+backward / forward", ratio, 3.5, False,
+        self.record("dilated_gather.forward_backward", "dilated gather: forward+backward / forward", ratio, 3.5, False,
                     f"fwd+bwd {t_both * 1e3:.1f} ms, fwd {t_forward * 1e3:.1f} ms (medians of {ROUNDS} rounds); "
                     f"the bare branch kernels' own fwd+bwd / fwd: {bare_ratio:.3f} (rounds "
                     f"{min(both_rounds.column(3)):.3f}-{max(both_rounds.column(3)):.3f})",
@@ -255,7 +259,7 @@ class Targets:
                   f"{per_token[-1] * 1e6:.2f} us/token")
             del q, k, v
         before, at_large, after = per_token
-        self.record(f"dilated paper config: time per token at N={large} / at N={small}",
+        self.record("dilated_scaling.per_token", f"dilated paper config: time per token at N={large} / at N={small}",
                     at_large / min(before, after), 1.10, False,
                     f"{at_large * 1e6:.2f} vs {before * 1e6:.2f} (before) and {after * 1e6:.2f} (after) us/token",
                     seq_len=large)
@@ -291,7 +295,8 @@ class Targets:
             ratio, window_rate, dense_rate = window_rounds.medians
             label = "forward+backward" if grad else "forward"
             shape = "causal" if causal else f"[{sizes.window}, {sizes.window}] non-causal (not an issue target)"
-            self.record(f"sliding window ({window.backend}) {shape} useful FLOP/s / dense SDPA's, {label}", ratio,
+            key = f"sliding_window.{'causal' if causal else 'bidirectional'}.{label.replace('+', '_')}"
+            self.record(key, f"sliding window ({window.backend}) {shape} useful FLOP/s / dense SDPA's, {label}", ratio,
                         0.60, True, f"window {sizes.window} N={n}: {window_rate / 1e9:.1f} vs "
                                     f"{dense_rate / 1e9:.1f} GFLOP/s (medians of {ROUNDS} rounds)",
                         issue_target=causal, rounds=window_rounds.column(0), seq_len=n)
@@ -316,7 +321,7 @@ class Targets:
                 picked(q, k, v, causal=True)
             fastest = min(times, key=times.get)
             listing = ", ".join(f"{name} {t * 1e3:.1f} ms" for name, t in sorted(times.items(), key=lambda x: x[1]))
-            self.record(f"backend=None for {mechanism}: picked time / fastest time",
+            self.record(f"auto_pick.{mechanism}", f"backend=None for {mechanism}: picked time / fastest time",
                         times[picked.backend] / times[fastest], 1.0 + 0.1, False,
                         f"picked {picked.backend}; causal forward N={n}: {listing}", seq_len=n)
 
@@ -342,7 +347,8 @@ class Targets:
 
         flash_rounds = self.rounds(one_round)
         ratio, dilated_rate, dense_rate = flash_rounds.medians
-        self.record(f"dilated ({dilated.backend}) useful FLOP/s / dense flash attention's, N={n}", ratio, 0.70, True,
+        self.record("dilated_vs_flash.flops", f"dilated ({dilated.backend}) useful FLOP/s / dense flash attention's, "
+                    f"N={n}", ratio, 0.70, True,
                     f"forward, not causal: {dilated_rate / 1e9:.1f} vs {dense_rate / 1e9:.1f} GFLOP/s "
                     f"(medians of {ROUNDS} rounds)", issue_target=self.device.type == "cuda",
                     rounds=flash_rounds.column(0), seq_len=n)

@@ -110,8 +110,10 @@ def _sections(frame: pd.DataFrame, plots: list[Plot], env: dict[str, str]) -> li
             text=f"{len(issue) - missed} of {len(issue)} issue targets met (scripts/perf_targets.py; missed ones "
                  "first)" + (f", and {context} context measurements against the same kind of bar "
                              "(issue_target = False)" if context else "") +
-                 ". passed = measured <comparison> limit, for the newest run of each target; runs = how many "
-                 "times this store has measured it."))
+                 ". passed = measured <comparison> limit, for the newest run of each target (`target_key`, under "
+                 "its newest label); runs = how many times this store has measured it; rounds = the spread of a "
+                 "ratio over its interleaved rounds. Rows stored before targets had keys are left out wherever a "
+                 "keyed run exists for the same device and dtype."))
 
     speed = tables.speed_summary(frame)
     if not speed.empty:

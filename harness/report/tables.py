@@ -371,8 +371,8 @@ def distributed_summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def perf_target_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """scripts/perf_targets.py's targets, missed ones first: the newest measurement of each (target, device,
-    dtype, smoke), whether it met its limit (`passed`: measured <comparison> limit), whether it is one of the
+    """scripts/perf_targets.py's targets, missed ones first: the newest measurement of each (target_key, device,
+    dtype, smoke) under its newest label (`target`), whether it met its limit (`passed`: measured <comparison> limit), whether it is one of the
     issue's targets or a context measurement (`issue_target`) and `runs`, how many times the store has measured
     it (the older rows stay in the store). `rounds` gives the spread of a ratio taken over interleaved rounds
     ("0.544-0.634, 2 of 3 meet"): a verdict whose rounds straddle the limit is inside the machine's noise."""
@@ -388,14 +388,34 @@ def perf_target_summary(frame: pd.DataFrame) -> pd.DataFrame:
     unmarked = rows["issue_target"].isna()
     rows = rows.assign(issue_target=rows["issue_target"].where(
         ~unmarked, ~rows["target"].astype(str).str.contains("not an issue target")).astype(bool))
-    rows = rows.sort_values("timestamp", kind="stable", na_position="first")
-    keys = ["target", "device", "dtype", "smoke"]
+    rows = _current_targets(rows.sort_values("timestamp", kind="stable", na_position="first"))
+    keys = ["target_key", "device", "dtype", "smoke"]
     runs = rows.groupby(keys, dropna=False, sort=False)["target"].transform("size")
     latest = rows.assign(runs=runs).drop_duplicates(keys, keep="last")
     passed = latest["passed"].map(lambda v: bool(v) if isinstance(v, (bool, np.bool_)) else None)
     latest = latest.assign(passed=passed, _missed=passed.map(lambda v: v is not True))
     latest = latest.sort_values("_missed", ascending=False, kind="stable")
     return latest[list(PERF_TARGET_COLUMNS)].reset_index(drop=True)
+
+
+def _current_targets(rows: pd.DataFrame) -> pd.DataFrame:
+    """Time-sorted perf_target rows, each under a `target_key`. Labels change between versions of the script and
+    keys do not; rows stored before keys existed are keyed by their label and kept only where no keyed row exists
+    for their device, dtype and smoke (else a renamed target would count twice, once with a stale verdict). An
+    error row is keyed by the target method that raised and is dropped once a later run of that method stored a
+    measurement."""
+    rows = _ensure(rows, ("target_key", "status")).reset_index(drop=True)
+    setting = rows["device"].map(str) + "|" + rows["dtype"].map(str) + "|" + rows["smoke"].map(str)
+    keyed = rows["target_key"].notna()
+    rows = rows[keyed | ~keyed.groupby(setting).transform("any")]
+    rows = rows.assign(target_key=rows["target_key"].fillna(rows["target"]))
+    setting = setting[rows.index]
+    method = rows["target_key"].astype(str).str.split(".").str[0]
+    measured = rows["status"] != "error"
+    superseded = [i for i in rows.index[~measured]
+                  if (measured & (method == method[i]) & (setting == setting[i])
+                      & (rows["timestamp"] > rows.at[i, "timestamp"])).any()]
+    return rows.drop(index=superseded)
 
 
 def _round_spread(low, high, passed, count) -> str | None:

@@ -19,6 +19,7 @@ def test_smoke_run_measures_every_target_and_stores_rows(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("target") >= 14 and "of 11 issue targets met" in printed
     assert rows["issue_target"].sum() == 11  # context: the bidirectional window, and the GPU target on CPU
+    assert rows["target_key"].is_unique and rows["target_key"].str.fullmatch(r"[a-z_]+(\.[a-z_]+)+").all()
     # every ratio taken over interleaved rounds keeps their spread; the median lies inside it
     in_rounds = rows[rows["round_count"].notna()]
     assert len(in_rounds) == 8 and (in_rounds["round_count"] == 3).all()
@@ -40,7 +41,7 @@ def test_a_target_that_raises_becomes_an_error_row_and_the_others_still_run(tmp_
     assert module.main(argv) == 1
     rows = pd.read_parquet(tmp_path / "perf_targets" / "results.parquet")
     error = rows[rows["status"] == "error"]
-    assert error["target"].tolist() == ["dilated_scaling"]
+    assert error["target"].tolist() == error["target_key"].tolist() == ["dilated_scaling"]
     assert error["reason"].iloc[0] == "RuntimeError: kernel not built for this device"
     assert (rows["status"] == "ok").sum() == 3  # the three backend=None targets after it
     assert "targets that raised (status=error rows): dilated_scaling" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from rich.console import Console
@@ -126,8 +127,34 @@ def test_perf_target_summary_keeps_the_newest_run_and_lists_misses_first(fixture
     assert targets["issue_target"].tolist() == [True, False, True, True]
     gather = targets[targets["target"].str.startswith("dilated gather")].iloc[0]
     assert gather["measured"] == 1.02 and bool(gather["passed"]) and gather["runs"] == 2
+    assert gather["target"] == "dilated gather: time / bare sum of branch kernels"  # the newest label
     assert gather["rounds"] == "0.990-1.060, 2 of 3 meet"
     assert targets.loc[targets["target"] != gather["target"], "rounds"].isna().all()  # single measurements
+
+
+def test_perf_target_rows_stored_before_target_keys_existed_are_keyed_by_their_label(fixture_rows):
+    keyed = fixture_rows[fixture_rows["kind"] == "perf_target"]
+    assert keyed["target_key"].isna().sum() == 1  # the fixture's one row under a label no longer used
+    assert "forward+backward" not in " ".join(tables.perf_target_summary(fixture_rows)["target"])
+    old_store = fixture_rows.drop(columns=["target_key"])  # nothing keyed: every label is its own target
+    targets = tables.perf_target_summary(old_store)
+    assert len(targets) == 6 and targets["target"].str.contains("forward[+]backward").sum() == 1
+
+
+def test_a_perf_target_error_is_dropped_once_a_later_run_of_its_method_measured(fixture_rows):
+    base = fixture_rows[fixture_rows["target_key"] == "auto_pick.dense"].iloc[0].to_dict()
+    error = {**base, "status": "error", "target_key": "auto_pick", "target": "auto_pick", "measured": np.nan,
+             "passed": False, "reason": "RuntimeError: kernel not built"}
+
+    def summary(error_timestamp):
+        frame = pd.concat([fixture_rows, pd.DataFrame([{**error, "timestamp": error_timestamp}])],
+                          ignore_index=True)
+        return tables.perf_target_summary(frame)
+
+    assert "auto_pick" not in set(summary("2024-12-31T00:00:00+0000")["target"])  # the measurement came later
+    later = summary("2025-02-01T00:00:00+0000").set_index("target")
+    assert later.at["auto_pick", "passed"] == False  # noqa: E712 (the newest word on that method: a miss)
+    assert later.at["backend=None for dense: picked time / fastest time", "passed"]  # the older measurement stays
 
 
 def test_perf_target_rows_stored_before_issue_target_existed_are_told_apart_by_name(fixture_rows):
