@@ -243,26 +243,35 @@ class Targets:
         sizes = self.sizes
         attn = ai.build("dilated", "gather", **sizes.paper)
         small, large = sizes.scaling_small_n, sizes.scaling_large_n
-        # The large run takes minutes, in which this machine's speed drifts: the small one is timed before and
-        # after it, and the large compared with the faster of the two, so that a slow spell in a small run cannot
-        # flatter the ratio (one in the large run can only make it worse).
-        per_token = []
-        for n in (small, large, small):
-            q, k, v, _ = self.inputs(n)
+        # This machine's speed drifts by 10-20 % within minutes, as long as one large call. Each large call is
+        # bracketed by timings of the small size just before and after it and compared with their mean, which
+        # cancels drift that is linear over the bracket; two brackets in a row, their median reported with their
+        # range. (Comparing with the faster of the two small timings was biased high: 1.130 in a run where the
+        # bracket mean gave 1.066. Taking time per token in units of a matmul ceiling measured around each run
+        # made the two small timings of one run disagree more, 0.918 against 0.950 raw: results/perf/NOTES.md.)
+        small_inputs, large_inputs = self.inputs(small)[:3], self.inputs(large)[:3]
+
+        def per_token(n: int, inputs: list[torch.Tensor]) -> float:
             with torch.inference_mode():
-                if n == large:  # one call at 1M is minutes: time a few, keep them all
-                    timing = time_call(lambda: attn(q, k, v), min_run_time_s=0.0, min_repeats=2)
+                if n == large:  # one call at 1M is minutes: the timer's calibration call, then one timed call
+                    timing = time_call(lambda: attn(*inputs), min_run_time_s=0.0, min_repeats=1)
                 else:
-                    timing = self.time(lambda: attn(q, k, v))
-            per_token.append(timing["latency_median_s"] / n)
+                    timing = self.time(lambda: attn(*inputs))
             print(f"  dilated paper config N={n}: {timing['latency_median_s']:.2f} s, "
-                  f"{per_token[-1] * 1e6:.2f} us/token")
-            del q, k, v
-        before, at_large, after = per_token
+                  f"{timing['latency_median_s'] / n * 1e6:.2f} us/token")
+            return timing["latency_median_s"] / n
+
+        small_times, large_times = [per_token(small, small_inputs)], []
+        for _ in range(2):
+            large_times.append(per_token(large, large_inputs))
+            small_times.append(per_token(small, small_inputs))
+        ratios = [at_large / ((before + after) / 2)
+                  for at_large, before, after in zip(large_times, small_times, small_times[1:])]
         self.record("dilated_scaling.per_token", f"dilated paper config: time per token at N={large} / at N={small}",
-                    at_large / min(before, after), 1.10, False,
-                    f"{at_large * 1e6:.2f} vs {before * 1e6:.2f} (before) and {after * 1e6:.2f} (after) us/token",
-                    seq_len=large)
+                    statistics.median(ratios), 1.10, False,
+                    f"N={large}: {', '.join(f'{t * 1e6:.2f}' for t in large_times)} us/token, each between N={small} "
+                    f"at {', '.join(f'{t * 1e6:.2f}' for t in small_times)} us/token; ratio to each bracket's mean",
+                    rounds=ratios, seq_len=large)
 
     # -- target 3: sliding window against dense SDPA ------------------------------------------------------------
     def sliding_window(self) -> None:
