@@ -82,6 +82,19 @@ def flash_head_dim_unsupported(head_dim: int) -> str | None:
     return None
 
 
+def flash_device_unsupported(device) -> str | None:
+    """Why the CUDA flash kernel cannot run on this device (compute capability below 8.0), or None; None also for
+    devices it does not run on at all, which the backends' `devices` declare."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    if (capability := torch.cuda.get_device_capability(device)) < (8, 0):
+        return f"compute capability {capability} (needs >= (8, 0))"
+    return None
+
+
 def cuda_flash_unsupported(q) -> str | None:
     """Why torch's CUDA flash kernel cannot take these inputs (device, dtype, head_dim), or None."""
     import torch
@@ -92,6 +105,4 @@ def cuda_flash_unsupported(q) -> str | None:
         return f"dtype={dtype} (supported: {', '.join(FLASH_DTYPES)})"
     if (why := flash_head_dim_unsupported(q.shape[-1])) is not None:
         return why
-    if torch.cuda.get_device_capability(q.device) < (8, 0):
-        return f"compute capability {torch.cuda.get_device_capability(q.device)} (needs >= (8, 0))"
-    return None
+    return flash_device_unsupported(q.device)

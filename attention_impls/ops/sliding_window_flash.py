@@ -4,7 +4,12 @@ import torch
 
 from ..kernels import CudaFlashKernel, LseFunction, default_scale
 from ..registry import AttentionBackend, register
-from ._optional import cuda_flash_unsupported, cuda_flash_window_unavailable_reason, flash_head_dim_unsupported
+from ._optional import (
+    cuda_flash_unsupported,
+    cuda_flash_window_unavailable_reason,
+    flash_device_unsupported,
+    flash_head_dim_unsupported,
+)
 
 
 @register
@@ -28,6 +33,8 @@ class SlidingWindowFlash(AttentionBackend):
         reasons = super().not_supported_reasons(device, dtype, causal, requires_grad, head_dim)
         if head_dim is not None and (why := flash_head_dim_unsupported(head_dim)) is not None:
             reasons.append(why)  # backend=None then picks the next backend instead of failing in forward
+        if (why := flash_device_unsupported(device)) is not None:
+            reasons.append(why)  # likewise on a GPU older than the kernel (before Ampere)
         return reasons
 
     def forward(self, q, k, v, causal):

@@ -113,7 +113,7 @@ def _sections(frame: pd.DataFrame, plots: list[Plot], env: dict[str, str]) -> li
                  ". passed = measured <comparison> limit, for the newest run of each target (`target_key`, under "
                  "its newest label); runs = how many times this store has measured it; rounds = the spread of a "
                  "ratio over its interleaved rounds. Rows stored before targets had keys are left out wherever a "
-                 "keyed run exists for the same device and dtype."))
+                 "keyed run exists for the same device, dtype and smoke setting."))
 
     speed = tables.speed_summary(frame)
     if not speed.empty:

@@ -51,3 +51,14 @@ def test_flash_backends_say_why_they_cannot_run_on_cpu():
         # and gather falls back to plain PyTorch off the CPU
         assert isinstance(branch_kernel(torch.empty(1, 4, 1, 8, device="meta", dtype=torch.bfloat16)), MathKernel)
     assert isinstance(branch_kernel(torch.zeros(1, 4, 1, 8)), CpuFlashKernel)
+
+
+def test_flash_says_why_on_a_gpu_older_than_the_kernel(monkeypatch):
+    # a pre-Ampere GPU, as torch reports it: the reason comes from not_supported_reasons, before any forward
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    flash = get_backend_class("sliding_window", "flash")
+    assert "compute capability (7, 0) (needs >= (8, 0))" in flash.not_supported_reasons("cuda", torch.bfloat16,
+                                                                                         True, True, head_dim=64)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert not any("capability" in r for r in flash.not_supported_reasons("cuda", torch.bfloat16, True, True, 64))
