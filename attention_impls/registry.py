@@ -26,8 +26,19 @@ PRIORITY: dict[tuple[str, str], tuple[str, ...]] = {
     ("dense", "cuda"): ("sdpa", "xformers", "math"),
     ("sliding_window", "cpu"): ("chunked", "flex", "masked_sdpa"),
     ("sliding_window", "cuda"): ("flash", "flex", "xformers", "chunked", "masked_sdpa"),
-    ("dilated", "cpu"): ("gather", "flex"),
-    ("dilated", "cuda"): ("xformers", "gather", "flex"),
+    ("dilated", "cpu"): ("gather", "flex", "masked_sdpa"),
+    ("dilated", "cuda"): ("xformers", "gather", "flex", "masked_sdpa"),
+}
+
+
+# At short sequences a materialised mask through one SDPA call beats the band and gather backends, whose fixed
+# cost per call dominates there: up to the N given here backend=None tries these first (training shapes of
+# the retrieval models, B=32, H=2, D=32, forward+backward; scripts/bench_small_n.py, results/perf/NOTES.md).
+SLIDING_WINDOW_MASK_UP_TO = 0
+DILATED_MASK_UP_TO = 0
+SMALL_N_PRIORITY: dict[tuple[str, str], tuple[int, tuple[str, ...]]] = {
+    ("sliding_window", "cpu"): (SLIDING_WINDOW_MASK_UP_TO, ("masked_sdpa",)),
+    ("dilated", "cpu"): (DILATED_MASK_UP_TO, ("masked_sdpa",)),
 }
 
 
@@ -181,8 +192,9 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
 class Attention(torch.nn.Module):
     """`attn(q, k, v, causal=False) -> out` for one mechanism, with a fixed or automatically picked backend.
 
-    With backend=None the backend is picked on the first call for each (device, dtype, needs-backward) and
-    remembered; `.backend` names the one used last and `.picked` lists every choice made.
+    With backend=None the backend is picked on the first call for each (device, dtype, needs-backward, head_dim,
+    short sequence or not: SMALL_N_PRIORITY) and remembered; `.backend` names the one used last and `.picked`
+    lists every choice made.
     """
 
     def __init__(self, mechanism: str, backend: str | None, params: AttentionParams) -> None:
@@ -209,8 +221,10 @@ class Attention(torch.nn.Module):
         return self._impls[name]
 
     def resolve(self, device: torch.device, dtype: torch.dtype, causal: bool, requires_grad: bool,
-                head_dim: int | None = None) -> str:
-        """The backend name to run for these inputs; raises with every candidate's reasons when none fits."""
+                head_dim: int | None = None, seq_len: int | None = None) -> str:
+        """The backend name to run for these inputs; raises with every candidate's reasons when none fits.
+
+        seq_len: the sequence length, where known; a short one puts SMALL_N_PRIORITY's backends first."""
         if self.requested_backend is not None:
             cls = get_backend_class(self.mechanism, self.requested_backend)
             reasons = cls.not_supported_reasons(device, dtype, causal, requires_grad, head_dim)
@@ -221,11 +235,15 @@ class Attention(torch.nn.Module):
                     f"{_fitting_names(self.mechanism, device, dtype, causal, requires_grad, head_dim) or 'none'}"
                 )
             return self.requested_backend
-        key = (str(device), _dtype_name(dtype), requires_grad, head_dim)
+        up_to, short_first = SMALL_N_PRIORITY.get((self.mechanism, device.type), (0, ()))
+        short = seq_len is not None and seq_len <= up_to
+        key = (str(device), _dtype_name(dtype), requires_grad, head_dim, short)
         if key in self.picked:
             return self.picked[key]
         order = PRIORITY.get((self.mechanism, device.type), tuple(n for n in REGISTRY[self.mechanism]
                                                                   if n != "reference"))
+        if short:
+            order = short_first + tuple(n for n in order if n not in short_first)
         report = []
         for name in order:
             reasons = get_backend_class(self.mechanism, name).not_supported_reasons(device, dtype, causal,
@@ -245,7 +263,7 @@ class Attention(torch.nn.Module):
                 check_dilated_coverage(self.params, seq_len, num_heads)
                 self._coverage_checked.add((seq_len, num_heads))
         requires_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-        name = self.resolve(q.device, q.dtype, causal, requires_grad, head_dim=q.shape[-1])
+        name = self.resolve(q.device, q.dtype, causal, requires_grad, head_dim=q.shape[-1], seq_len=q.shape[1])
         self.backend = name
         return self._impl(name).forward(q, k, v, causal)
 

@@ -6,6 +6,7 @@ from . import (  # noqa: F401
     dense_xformers,
     dilated_flex,
     dilated_gather,
+    dilated_masked_sdpa,
     dilated_xformers,
     reference,
     sliding_window_chunked,

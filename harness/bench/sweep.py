@@ -247,7 +247,8 @@ class SpeedRun:
             return self.recorded[point_hash]
         try:
             backend = attention_impls.build(point.mechanism, point.backend, **point.params).resolve(
-                torch.device(point.device), DTYPES[point.dtype], point.causal, point.backward, point.head_dim)
+                torch.device(point.device), DTYPES[point.dtype], point.causal, point.backward, point.head_dim,
+                point.seq_len)
             columns = {}
         except RuntimeError as error:
             backend = point.backend

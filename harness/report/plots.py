@@ -368,6 +368,13 @@ def plot_retrieval_accuracy(frame: pd.DataFrame, out_dir: Path, palette: Palette
                 ok = points[points["accuracy"].notna()]
                 ax.plot(ok["x"], ok["accuracy"], color=style.color, marker=style.marker, linestyle=style.linestyle,
                         linewidth=1.6, markersize=5)
+                band = ok[ok["accuracy_ci_lo"].notna() & ok["accuracy_ci_hi"].notna()]
+                if len(band):  # the 95 % interval over seeds; one seed has none
+                    ax.fill_between(band["x"], band["accuracy_ci_lo"].clip(0, 1), band["accuracy_ci_hi"].clip(0, 1),
+                                    color=style.color, alpha=0.18, linewidth=0)
+                    drawn += [dict(series=f"{variant} 95% interval", task=task, seq_len=seq_len, x=x, y=lo, y_hi=hi,
+                                   status="interval")
+                              for x, lo, hi in zip(band["x"], band["accuracy_ci_lo"], band["accuracy_ci_hi"])]
                 drawn += [dict(series=variant, task=task, seq_len=seq_len, x=x, y=y, status="ok")
                           for x, y in zip(ok["x"], ok["accuracy"])]
                 # A bucket with failed rows is marked: at 0 when nothing in it produced an accuracy, else on
@@ -427,11 +434,86 @@ def plot_retrieval_accuracy(frame: pd.DataFrame, out_dir: Path, palette: Palette
         figure.legend(handles, labels, loc="outside right upper", fontsize="small")
         figure.suptitle(title, fontsize="large")
     plot = Plot(name=name, title=title, figure=figure, data=pd.DataFrame(drawn),
-                caption="Solid: accuracy per distance bucket (queries at distance lo..hi inclusive, weighted by "
-                        "their number), drawn at the bucket's geometric centre. Dashed, same colour: the share of "
+                caption="Solid: accuracy per distance bucket (queries at distance lo..hi inclusive), the mean over "
+                        "seeds, drawn at the bucket's geometric centre; shaded, its 95 % t interval (none for one "
+                        "seed). Dashed, same colour: the share of "
                         "the bucket's items whose sources the stacked pattern can reach (the most a model could "
                         "get right beyond chance). Dotted verticals: the longest distance any token can travel "
                         "(not drawn for dense, which reaches the whole sequence). Grey dash-dot: chance.")
+    return _save(plot, out_dir)
+
+
+def plot_learning_curves(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
+    """Validation accuracy against training step for every retrieval run, one panel per task and training
+    length; runs at the rate the sweep kept drawn solid, the other rates faint; dashed, each variant's ceiling;
+    a cross where a run ended without converging (max_steps or time_cap)."""
+    import json
+
+    name, title = "learning_curves", "Retrieval training: validation accuracy by step"
+    rows = tables.rows_of_kind(frame, "retrieval")
+    if rows.empty or "learning_curve" not in rows:
+        return _skip(name, title, "no retrieval run stored a learning curve")
+    kept = set(tables.retrieval_rows(frame)["config_hash"])
+    runs = rows.drop_duplicates("config_hash")
+    runs = runs[runs["learning_curve"].notna()]
+    if runs.empty:
+        return _skip(name, title, "no retrieval run stored a learning curve")
+    panels = list(runs.groupby(["task", "train_seq_len"], sort=True, dropna=False))
+    columns = min(len(panels), 3)
+    rows_n = math.ceil(len(panels) / columns)
+    drawn: list[dict] = []
+    variants: list[str] = []
+    with _theme():
+        figure = _new_figure(4.6 * columns + 3.0, 3.4 * rows_n)
+        axes = figure.subplots(rows_n, columns, squeeze=False).ravel()
+        for ax, ((task, train_len), panel) in zip(axes, panels):
+            for _, run in panel.iterrows():
+                points = json.loads(run["learning_curve"]) if isinstance(run["learning_curve"], str) else []
+                if not points:
+                    continue
+                style = palette[run["variant"]]
+                variants.append(run["variant"])
+                steps = [p[0] for p in points]
+                values = [p[1] for p in points]
+                is_kept = run["config_hash"] in kept
+                ax.plot(steps, values, color=style.color, linestyle=style.linestyle,
+                        linewidth=1.3 if is_kept else 0.8, alpha=0.9 if is_kept else 0.3)
+                drawn += [dict(series=run["variant"], lr=run["lr"], seed=run["seed"], lr_kept=is_kept, x=x, y=y)
+                          for x, y in zip(steps, values)]
+                if run.get("converged") != True:  # noqa: E712 (NaN in rows stored before the protocol)
+                    ax.plot([steps[-1]], [values[-1]], marker="x", color=style.color, markersize=8,
+                            markeredgewidth=2.0, linestyle="none")
+                    drawn.append(dict(series=f"{run['variant']} not converged", lr=run["lr"], seed=run["seed"],
+                                      lr_kept=is_kept, x=steps[-1], y=values[-1]))
+            for variant, group in panel.groupby("variant"):
+                top = pd.to_numeric(group["val_ceiling"], errors="coerce").dropna()
+                if len(top):
+                    ax.axhline(float(top.mean()), color=palette[variant].color, linestyle="--", linewidth=0.9)
+                    drawn.append(dict(series=f"{variant} ceiling", x=math.nan, y=float(top.mean())))
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_xlabel("training step")
+            ax.set_ylabel("validation accuracy")
+            ax.set_title(f"{task}, trained at N={int(train_len)}" if pd.notna(train_len) else str(task),
+                         fontsize="medium")
+        for ax in axes[len(panels):]:
+            ax.set_visible(False)
+        handles, labels = [], []
+        for variant in palette.sorted(set(variants)):
+            style = palette[variant]
+            handles.append(Line2D([], [], color=style.color, linestyle=style.linestyle))
+            labels.append(variant)
+        handles += [Line2D([], [], color="0.3", linewidth=0.8, alpha=0.3),
+                    Line2D([], [], color="0.3", linestyle="--", linewidth=0.9),
+                    Line2D([], [], color="0.3", marker="x", linestyle="none", markeredgewidth=2.0)]
+        labels += ["another rate of the sweep (faint)", "ceiling (its colour)", "ended without converging"]
+        figure.legend(handles, labels, loc="outside right upper", fontsize="small")
+        figure.suptitle(title, fontsize="large")
+    plot = Plot(name=name, title=title, figure=figure, data=pd.DataFrame(drawn),
+                caption="Validation accuracy at every check of every retrieval run (one line per seed and rate; "
+                        "the rate the sweep kept is drawn solid). Dashed: the pattern's ceiling on the validation "
+                        "set (answer-visible share plus chance on the rest); a run stops within "
+                        "train.ceiling_margin of it or on a plateau. A cross marks a run the step budget or the "
+                        "time cap ended before it converged.")
     return _save(plot, out_dir)
 
 
@@ -866,7 +948,8 @@ def plot_attention_patterns(frame: pd.DataFrame, out_dir: Path, palette: Palette
     return _save(plot, out_dir)
 
 
-PLOTS = (plot_latency, plot_memory, plot_throughput, plot_retrieval_accuracy, plot_passkey_heatmap, plot_pareto,
+PLOTS = (plot_latency, plot_memory, plot_throughput, plot_retrieval_accuracy, plot_learning_curves,
+         plot_passkey_heatmap, plot_pareto,
          plot_probe, plot_distributed, plot_attention_patterns)
 
 

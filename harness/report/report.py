@@ -133,14 +133,38 @@ def _sections(frame: pd.DataFrame, plots: list[Plot], env: dict[str, str]) -> li
     retrieval = tables.retrieval_summary(frame)
     if not retrieval.empty:
         retrieval_section = Section(KIND_SECTIONS["retrieval"])
+        headline = tables.retrieval_headline(frame)
+        if not headline.empty:
+            retrieval_section.children.append(Section(
+                "Pattern or training? Accuracy within and beyond each pattern's reach",
+                text="within_reach: accuracy on the items whose key and answer the stacked pattern lets the query "
+                     "see (its ceiling is 1); beyond_reach: on the items whose answer it cannot see (ceiling: "
+                     "chance); *_share: the share of items each stands on. Means over the seeds of the learning "
+                     "rate the sweep kept (best validation accuracy), 95 % t interval in *_ci_lo/hi (none for one "
+                     "seed). ceiling: the answer-visible share plus chance on the rest; of_ceiling = accuracy / "
+                     f"ceiling. A variant 'learnt what its pattern reaches' at within_reach >= "
+                     f"{tables.LEARNT_SHARE}; below it the pattern reaches the items and the model did not learn "
+                     "them. Also in tables/retrieval_headline.csv.",
+                table=headline))
+        training = tables.retrieval_training(frame)
+        not_converged = training[(training["converged"] != True) & (training["status"] == "ok")]  # noqa: E712
+        capped = training[training["train_stop"] == "time_cap"]
         retrieval_section.children.append(Section(
-            "Training runs", table=tables.retrieval_training(frame).drop(columns=["reason"]),
-            text="One row per trained model. A run that stopped at max_steps with a low val_accuracy did not learn "
-                 "the task: its accuracy by distance says more about training than about the pattern."))
+            "Training runs", table=training.drop(columns=["reason"]),
+            text="One row per trained model, every rate of each sweep; lr_kept marks the rate the tables use. "
+                 "train_stop: ceiling (validation accuracy reached the pattern's ceiling), plateau (no gain over "
+                 "the last checks), max_steps (budget spent before either: not converged), time_cap (the "
+                 "wall-clock safety cap: not converged, and machine-dependent). "
+                 + (f"{len(not_converged)} of {len(training)} runs had not converged"
+                    + (f", {len(capped)} of them stopped by the time cap" if len(capped) else "")
+                    + ": their accuracy partly measures the training budget."
+                    if len(not_converged) else "Every run converged.")))
+        retrieval_section.children.append(Section(by_name["learning_curves"].title, plot=by_name["learning_curves"]))
         for task in dict.fromkeys(retrieval["task"]):
             retrieval_section.children.append(Section(
                 f"{task}: accuracy by key-query distance bucket (tokens, lo-hi inclusive)",
-                text="Also in tables/retrieval_summary.csv, with reachable_fraction, chance and count per bucket.",
+                text="Each cell: mean over seeds (95 % interval). Also in tables/retrieval_summary.csv, with "
+                     "reachable_fraction, chance and count per bucket.",
                 table=tables.retrieval_wide(retrieval, task)))
         for name in ("retrieval_accuracy", "passkey_heatmap", "pareto"):
             if name == "passkey_heatmap" and "passkey" not in set(retrieval["task"]):
@@ -247,6 +271,7 @@ def write_report(store_dir: Path, experiment: str, env: dict | None = None) -> P
     written = {
         "speed_summary": tables.speed_summary(frame),
         "retrieval_summary": tables.retrieval_summary(frame),
+        "retrieval_headline": tables.retrieval_headline(frame),
         "passkey_summary": tables.passkey_summary(frame),
         "retrieval_training": tables.retrieval_training(frame),
         "probe_summary": tables.probe_summary(frame),

@@ -25,14 +25,28 @@ SPEED_SUMMARY_COLUMNS = (
 SPEED_SETTING_COLUMNS = ("pass", "dtype", "causal", "device", "batch", "heads", "head_dim")
 
 # Distance buckets are inclusive on both ends, [distance_lo, distance_hi], as harness.retrieval writes them.
+# Accuracy cells are the mean over the seeds of the learning rate the sweep kept, with a 95 % t interval.
 RETRIEVAL_SUMMARY_COLUMNS = (
     "task", "variant", "name", "mechanism", "backend", "params", "seq_len", "distance_lo", "distance_hi", "bucket",
-    "accuracy", "reachable_fraction", "chance", "count", "theoretical_reach", "status",
+    "accuracy", "accuracy_ci_lo", "accuracy_ci_hi", "seeds", "reachable_fraction", "chance", "count",
+    "theoretical_reach", "status",
+)
+# One row per variant and evaluated N: what separates the pattern from the training (retrieval_headline).
+RETRIEVAL_HEADLINE_COLUMNS = (
+    "task", "variant", "seq_len", "lr", "seeds", "converged", "within_share", "within_reach", "within_ci_lo",
+    "within_ci_hi", "split_share", "split_reach", "split_ci_lo", "split_ci_hi", "beyond_share", "beyond_reach",
+    "beyond_ci_lo", "beyond_ci_hi", "chance", "accuracy", "accuracy_ci_lo", "accuracy_ci_hi", "ceiling",
+    "of_ceiling", "verdict",
 )
 RETRIEVAL_TRAINING_COLUMNS = (
-    "task", "variant", "name", "train_seq_len", "layers", "d_model", "heads", "seed", "train_steps", "train_stop",
-    "train_seconds", "train_final_loss", "train_accuracy", "val_accuracy", "chance", "status", "reason",
+    "task", "variant", "name", "train_seq_len", "layers", "d_model", "heads", "lr", "lr_kept", "seed",
+    "train_steps", "train_sequences", "train_stop", "converged", "train_seconds", "train_steps_per_s",
+    "train_final_loss", "val_accuracy", "val_ceiling", "chance", "status", "reason",
 )
+# Within reach, a variant "learnt what its pattern reaches" at this share of its ceiling (1.0 there); beyond
+# reach, "at chance" within this much of chance.
+LEARNT_SHARE = 0.90
+CHANCE_TOLERANCE = 0.05
 PASSKEY_SUMMARY_COLUMNS = ("variant", "context_len", "depth", "distance", "accuracy", "reachable_fraction", "count",
                            "status")
 PROBE_SUMMARY_COLUMNS = (
@@ -200,23 +214,74 @@ def _ensure(rows: pd.DataFrame, names: Iterable[str]) -> pd.DataFrame:
     return rows.assign(**{name: np.nan for name in missing}) if missing else rows
 
 
-def retrieval_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy per task, variant, N and distance bucket (count-weighted over the rows that fall in it), next to
-    what the pattern allows: reachable_fraction (share of the bucket's items whose sources the stacked pattern can
-    reach, count-weighted), theoretical_reach (the longest distance any token travels) and chance."""
+def retrieval_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The retrieval rows a reader compares: per variant and task its newest sweep, and of that sweep only the
+    runs at the learning rate it kept (protocol.select_lr: best validation accuracy at the first seed), with a
+    `lr_kept` column. Rows written before sweeps existed count as a sweep of one run each."""
+    from ..retrieval.protocol import select_lr
+
     rows = rows_of_kind(frame, "retrieval")
+    if rows.empty:
+        return rows
+    rows = _ensure(rows, ("sweep_id", "lr", "seed", "val_accuracy", "timestamp", "task"))
+    rows = rows.assign(sweep_id=rows["sweep_id"].fillna(rows["config_hash"]) if "config_hash" in rows
+                       else rows["sweep_id"])
+    stamps = rows["timestamp"].fillna("").astype(str)  # frames straight from run_retrieval carry none
+    newest = stamps.groupby([rows["task"].fillna(""), rows["variant"]]).transform("max")
+    newest_sweep = rows[stamps == newest].groupby(["task", "variant"], dropna=False)["sweep_id"].last()
+    keep = [newest_sweep.get((t, v)) == sweep for t, v, sweep in zip(rows["task"], rows["variant"],
+                                                                      rows["sweep_id"])]
+    rows = rows[keep]
+    runs = rows.drop_duplicates("config_hash" if "config_hash" in rows else "sweep_id")
+    with_lr = runs[_numeric(runs["lr"]).notna()]
+    kept = select_lr(with_lr[["sweep_id", "lr", "seed", "val_accuracy"]]) if len(with_lr) else pd.Series(dtype=float)
+    lr_kept = rows["sweep_id"].map(kept)
+    selected = lr_kept.isna() | (_numeric(rows["lr"]) == lr_kept)
+    return rows.assign(lr_kept=lr_kept)[selected].reset_index(drop=True)
+
+
+def _per_run(group: pd.DataFrame, correct: str, count: str) -> list[float]:
+    """correct / count per training run (config_hash) of the group's ok rows; runs with no such items left out."""
+    ok = group[group["status"] == "ok"]
+    if ok.empty or correct not in ok or count not in ok:
+        return []
+    by_run = ok.groupby("config_hash" if "config_hash" in ok else "seed", dropna=False)[[correct, count]].sum()
+    by_run = by_run[_numeric(by_run[count]) > 0]
+    return list(_numeric(by_run[correct]) / _numeric(by_run[count]))
+
+
+def _per_run_accuracy(group: pd.DataFrame) -> list[float]:
+    """The count-weighted accuracy of each training run (config_hash) over the group's ok rows."""
+    ok = group[group["status"] == "ok"]
+    if ok.empty:
+        return []
+    run = ok["config_hash"] if "config_hash" in ok else pd.Series(0, index=ok.index)
+    return [_weighted_accuracy(rows)[0] for _, rows in ok.groupby(run, dropna=False, sort=False)
+            if _weighted_accuracy(rows)[1] > 0]
+
+
+def retrieval_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per task, variant, N and distance bucket: the mean over the kept runs (seeds) of each run's
+    accuracy in the bucket, its 95 % t interval (none for one seed), next to what the pattern allows:
+    reachable_fraction (share of the bucket's items whose sources the stacked pattern can reach), theoretical_reach
+    (the longest distance any token travels) and chance."""
+    from ..retrieval.protocol import mean_interval
+
+    rows = retrieval_rows(frame)
     if rows.empty:
         return pd.DataFrame(columns=list(RETRIEVAL_SUMMARY_COLUMNS))
     rows = _ensure(rows, ("task", "name", "mechanism", "backend", "params", "seq_len", "distance_lo", "distance_hi",
-                          "accuracy", "reachable_fraction", "chance", "count", "theoretical_reach"))
+                          "accuracy", "correct", "reachable_fraction", "chance", "count", "theoretical_reach"))
     keys = ["task", "variant", "mechanism", "backend", "params", "seq_len", "distance_lo", "distance_hi"]
     records = []
     for key, group in rows.groupby(keys, dropna=False, sort=False):
-        accuracy, count = _weighted_accuracy(group)
+        runs = _per_run_accuracy(group)
+        mean, low, high = mean_interval(runs)
         record = dict(zip(keys, key))
         record.update(name=_first(group["name"]), bucket=bucket_label(record["distance_lo"], record["distance_hi"]),
-                      accuracy=accuracy, reachable_fraction=_weighted_mean(group, "reachable_fraction")[0],
-                      chance=_numeric(group["chance"]).max(), count=count,
+                      accuracy=mean, accuracy_ci_lo=low, accuracy_ci_hi=high, seeds=len(runs),
+                      reachable_fraction=_weighted_mean(group, "reachable_fraction")[0],
+                      chance=_numeric(group["chance"]).max(), count=_weighted_accuracy(group)[1],
                       theoretical_reach=_numeric(group["theoretical_reach"]).max(),
                       status=_status_of(group["status"]))
         records.append(record)
@@ -224,18 +289,106 @@ def retrieval_summary(frame: pd.DataFrame) -> pd.DataFrame:
     return _sort_by_variant(out, rows, ["task"], ["seq_len", "distance_lo"])[list(RETRIEVAL_SUMMARY_COLUMNS)]
 
 
+def retrieval_headline(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per task, variant and evaluated N: the numbers that separate the pattern from the training.
+
+    within_reach: accuracy on the items whose key and answer the pattern lets the query see and no head cuts in two
+    (ceiling 1); split_reach: on items within reach where some head sees the key token without its answer, the
+    sparse grid's loss of detail (reach.items_split; one-layer models only); beyond_reach: on the items whose
+    answer it cannot see (ceiling: chance). Each is the mean over the kept seeds with its 95 % interval, next to
+    the share of items it stands on. accuracy / ceiling: all items against the pattern's ceiling (answer-visible
+    share plus chance on the rest). converged: runs that reached their ceiling or plateaued, of all runs.
+    verdict: "learnt what its pattern reaches" when within_reach >= 0.90; otherwise the pattern reaches those
+    items and the model did not learn them."""
+    from ..retrieval.protocol import ceiling, mean_interval
+
+    rows = retrieval_rows(frame)
+    if rows.empty or "within_count" not in rows:
+        return pd.DataFrame(columns=list(RETRIEVAL_HEADLINE_COLUMNS))
+    rows = _ensure(rows, ("converged", "answer_only_count", "split_count", "split_correct", "beyond_count",
+                          "lr_kept", "lr"))
+    records = []
+    for (task, variant, seq_len), group in rows.groupby(["task", "variant", "seq_len"], dropna=False, sort=False):
+        ok = group[group["status"] == "ok"]
+        if ok.empty or pd.isna(seq_len):
+            continue
+        total = float(_numeric(ok["count"]).sum())
+
+        def share(column: str) -> float:
+            return float(_numeric(ok[column]).fillna(0).sum()) / total if total else math.nan
+
+        visible_share = share("within_count") + share("split_count") + share("answer_only_count")
+        chance = float(_numeric(ok["chance"]).max())
+        within = mean_interval(_per_run(ok, "within_correct", "within_count"))
+        split = mean_interval(_per_run(ok, "split_correct", "split_count"))
+        beyond = mean_interval(_per_run(ok, "beyond_correct", "beyond_count"))
+        overall = mean_interval(_per_run(ok, "correct", "count"))
+        top = ceiling(min(max(visible_share, 0.0), 1.0), chance) if not math.isnan(visible_share) else math.nan
+        runs = ok.drop_duplicates("config_hash")
+        converged = runs["converged"].map(lambda v: bool(v) if isinstance(v, (bool, np.bool_)) else False)
+        records.append(dict(
+            task=task, variant=variant, seq_len=seq_len, lr=_first(group["lr_kept"].fillna(group["lr"])),
+            seeds=len(runs), converged=f"{int(converged.sum())}/{len(runs)}", within_share=share("within_count"),
+            within_reach=within[0], within_ci_lo=within[1], within_ci_hi=within[2],
+            split_share=share("split_count"), split_reach=split[0], split_ci_lo=split[1], split_ci_hi=split[2],
+            beyond_share=share("beyond_count"), beyond_reach=beyond[0], beyond_ci_lo=beyond[1],
+            beyond_ci_hi=beyond[2], chance=chance, accuracy=overall[0], accuracy_ci_lo=overall[1],
+            accuracy_ci_hi=overall[2], ceiling=top, of_ceiling=overall[0] / top if top else math.nan,
+            verdict=_verdict(within[0], split[0], beyond[0], share("within_count"), share("split_count"),
+                             share("beyond_count"), chance, int(converged.sum()), len(runs))))
+    if not records:
+        return pd.DataFrame(columns=list(RETRIEVAL_HEADLINE_COLUMNS))
+    out = pd.DataFrame.from_records(records)
+    return _sort_by_variant(out, rows, ["task"], ["seq_len"])[list(RETRIEVAL_HEADLINE_COLUMNS)]
+
+
+def _verdict(within: float, split: float, beyond: float, within_share: float, split_share: float,
+             beyond_share: float, chance: float, converged: int, runs: int) -> str:
+    parts = []
+    if not within_share:
+        parts.append("no item within reach")
+    elif within >= LEARNT_SHARE:
+        parts.append("learnt what its pattern reaches")
+    else:
+        parts.append(f"under-trained: the pattern reaches these items, the model got {within:.2f} of them")
+    if split_share and not math.isnan(split):
+        parts.append(f"{split:.2f} on the {split_share:.0%} of items its grid splits (a head sees the key "
+                     f"without its answer)")
+    if beyond_share and not math.isnan(beyond):
+        if beyond <= chance + CHANCE_TOLERANCE:
+            parts.append("chance beyond reach: the pattern cannot see them")
+        else:
+            parts.append(f"{beyond:.2f} beyond reach, above chance ({chance:.3g}): answers guessed from outside "
+                         f"the pattern's field")
+    if converged < runs:
+        parts.append(f"{runs - converged} of {runs} runs had not converged (stopped by the step budget or time cap)")
+    return "; ".join(parts)
+
+
+def format_interval(mean: float, low: float, high: float) -> str:
+    """'0.934 (0.912-0.956)'; the mean alone where there is no interval; '' where there is no mean."""
+    if mean is None or pd.isna(mean):
+        return ""
+    if pd.isna(low) or pd.isna(high):
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ({low:.3f}-{high:.3f})"
+
+
 def retrieval_wide(summary: pd.DataFrame, task: str) -> pd.DataFrame:
     """One task of retrieval_summary as one row per variant and N, one accuracy column per inclusive distance
-    bucket (columns named 'acc@<lo>-<hi>', tokens), then the variant's theoretical reach at that N."""
+    bucket (columns named 'acc@<lo>-<hi>', tokens: 'mean (95 % interval)' over seeds), then the variant's
+    theoretical reach at that N."""
     summary = summary[summary["task"] == task] if not summary.empty else summary
     if summary.empty:
         return pd.DataFrame()
+    summary = summary.assign(cell=[format_interval(m, lo, hi) for m, lo, hi in zip(
+        summary["accuracy"], summary["accuracy_ci_lo"], summary["accuracy_ci_hi"])])
     ordered = summary.sort_values("distance_lo", na_position="first", kind="stable")
     buckets = list(dict.fromkeys(ordered["bucket"]))
     variants = list(dict.fromkeys(summary["variant"]))
-    wide = summary.pivot_table(index=["variant", "seq_len"], columns="bucket", values="accuracy",
+    wide = summary.pivot_table(index=["variant", "seq_len"], columns="bucket", values="cell",
                                aggfunc="first", dropna=False, sort=False)
-    wide = wide.reindex(columns=buckets).dropna(how="all").reset_index()
+    wide = wide.reindex(columns=buckets).replace("", np.nan).dropna(how="all").fillna("").reset_index()
     wide["variant"] = pd.Categorical(wide["variant"], categories=variants, ordered=True)
     wide = wide.sort_values(["variant", "seq_len"], kind="stable")
     wide["variant"] = wide["variant"].astype(str)
@@ -246,22 +399,27 @@ def retrieval_wide(summary: pd.DataFrame, task: str) -> pd.DataFrame:
 
 
 def retrieval_training(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per retrieval training run (config_hash): how long it trained, why it stopped, how well it fit.
+    """One row per retrieval training run (config_hash), every rate of the sweep included: how long it trained,
+    why it stopped, whether it converged (ceiling or plateau), how well it fit, and lr_kept, the rate the sweep
+    kept. A run stopped by max_steps or time_cap had not converged: its accuracy partly measures its budget."""
+    from ..retrieval.protocol import select_lr
 
-    A variant that stopped at max_steps with a low val_accuracy did not learn the task, so its accuracy by
-    distance says little about what its pattern can reach."""
     rows = rows_of_kind(frame, "retrieval")
     if rows.empty:
         return pd.DataFrame(columns=list(RETRIEVAL_TRAINING_COLUMNS))
-    rows = _ensure(rows, ("config_hash", *RETRIEVAL_TRAINING_COLUMNS))
+    rows = _ensure(rows, ("config_hash", "sweep_id", *RETRIEVAL_TRAINING_COLUMNS))
+    rows = rows.assign(sweep_id=rows["sweep_id"].fillna(rows["config_hash"]))
     records = []
     for _, group in rows.groupby("config_hash", dropna=False, sort=False):
         record = {name: _first(group[name]) for name in RETRIEVAL_TRAINING_COLUMNS}
         record.update(variant=group["variant"].iloc[0], status=_status_of(group["status"]),
-                      reason=_reasons(group["reason"]))
+                      reason=_reasons(group["reason"]), sweep_id=group["sweep_id"].iloc[0])
         records.append(record)
     out = pd.DataFrame.from_records(records)
-    return _sort_by_variant(out, rows, ["task"], [])[list(RETRIEVAL_TRAINING_COLUMNS)]
+    with_lr = out[_numeric(out["lr"]).notna()]
+    kept = select_lr(with_lr[["sweep_id", "lr", "seed", "val_accuracy"]]) if len(with_lr) else pd.Series(dtype=float)
+    out["lr_kept"] = _numeric(out["lr"]) == out["sweep_id"].map(kept)
+    return _sort_by_variant(out, rows, ["task"], ["lr", "seed"])[list(RETRIEVAL_TRAINING_COLUMNS)]
 
 
 def passkey_summary(frame: pd.DataFrame) -> pd.DataFrame:

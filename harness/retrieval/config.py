@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, List, Optional
 
 TASKS = ("mqar", "passkey")
+MQAR_LAYOUTS = ("zoology", "interleaved")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 # Token ids shared by both tasks: three specials, then the key, value and filler vocabularies (tasks.py).
@@ -39,9 +40,14 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
 class TaskConfig:
     """A synthetic retrieval task, generated on the fly from the seed.
 
-    mqar: `num_pairs` key-value pairs (key then value, adjacent) scattered over filler; `num_queries` of the keys
-    appear again later, and at each query the model must predict that key's value. The gap, query position minus
-    key position, is drawn uniformly from [min_gap, max_gap] per query and recorded.
+    mqar, layout="zoology" (HazyResearch/zoology's multiquery_ar): all `num_pairs` key-value pairs first (k v k v
+    ...), keys and values drawn without repetition from their own vocabularies, then every key queried once at an
+    even offset after the pairs; the query slots are drawn without replacement with probability proportional to
+    i^(power_a - 1) (slot i = 1, 2, ...: a power law, most queries soon after the pairs); the other positions are
+    random tokens of the key and value vocabularies (`random_non_queries`) or FILL.
+    mqar, layout="interleaved" (this project's first layout): pairs scattered over filler, `num_queries` of the keys
+    appear again later, the gap (query position minus key position) drawn uniformly from [min_gap, max_gap],
+    values drawn with replacement.
     passkey: random filler tokens, a marker followed by a `key_len`-token key at relative depth d in [0, 1] of the
     context (0 = first token, 1 = just before the question), then a question marker after which the model must
     produce the key (scored as exact match of all key tokens).
@@ -52,10 +58,13 @@ class TaskConfig:
     num_keys: int = 32  # key vocabulary (passkey: the key-token vocabulary)
     num_values: int = 32  # value vocabulary (mqar; chance = 1 / num_values)
     # mqar
+    layout: str = "zoology"  # zoology | interleaved
     num_pairs: int = 8
-    num_queries: Optional[int] = None  # None: every pair is queried
-    min_gap: int = 2  # the query can come no earlier than right after the value
-    max_gap: Optional[int] = None  # None: as far as the sequence allows (seq_len - 1)
+    power_a: float = 0.01  # zoology: query slot i drawn with weight i^(power_a - 1); 1.0 = uniform
+    random_non_queries: bool = True  # zoology: positions outside pairs and queries hold random key/value tokens
+    num_queries: Optional[int] = None  # interleaved: None queries every pair (zoology always queries every pair)
+    min_gap: int = 2  # interleaved: the query can come no earlier than right after the value
+    max_gap: Optional[int] = None  # interleaved: None = as far as the sequence allows (seq_len - 1)
     # passkey
     key_len: int = 4
     filler_vocab: int = 32
@@ -80,6 +89,8 @@ class TaskConfig:
         _positive_int("task.num_values", self.num_values)
         _positive_int("task.filler_vocab", self.filler_vocab)
         if self.name == "mqar":
+            _require(self.layout in MQAR_LAYOUTS,
+                     f"task.layout={self.layout!r} is not known; choose one of {list(MQAR_LAYOUTS)}")
             _positive_int("task.num_pairs", self.num_pairs)
             _require(self.num_pairs <= self.num_keys,
                      f"task.num_pairs={self.num_pairs} exceeds task.num_keys={self.num_keys}: keys in one "
@@ -88,24 +99,45 @@ class TaskConfig:
             _positive_int("task.num_queries", q)
             _require(q <= self.num_pairs, f"task.num_queries={q} exceeds task.num_pairs={self.num_pairs} "
                                           f"(each pair is queried at most once)")
-            # Pairs and queries are placed at random free positions; keeping them to half the sequence leaves
-            # room to place every one at its drawn gap.
-            _require(2 * self.num_pairs + q <= n // 2,
-                     f"task.num_pairs={self.num_pairs} pairs (2 tokens each) and {q} queries need "
-                     f"{2 * self.num_pairs + q} positions, more than fit in {where}={n} (at most half of it, "
-                     f"{n // 2}, may hold pairs and queries)")
-            _positive_int("task.min_gap", self.min_gap, 2)
-            if self.max_gap is not None:
-                _require(self.max_gap >= self.min_gap,
-                         f"task.max_gap={self.max_gap} must be >= task.min_gap={self.min_gap}")
-            _require(self.min_gap <= n - 1,
-                     f"task.min_gap={self.min_gap} does not fit {where}={n} (largest gap: {n - 1})")
+            if self.layout == "zoology":
+                self._validate_zoology(n, where)
+            else:
+                self._validate_interleaved(n, where, q)
         else:
             _positive_int("task.key_len", self.key_len)
             _require(2 * self.key_len + 1 <= n,
                      f"task.key_len={self.key_len} is too long for {where}={n}: the context holds the marked "
                      f"key ({self.key_len + 1} tokens) and the question with its answer ({self.key_len} tokens), "
                      f"so key_len <= {(n - 1) // 2}")
+
+    def _validate_zoology(self, n: int, where: str) -> None:
+        _require(self.num_queries is None or self.num_queries == self.num_pairs,
+                 f"task.num_queries={self.num_queries}: the zoology layout queries every pair; set it to null "
+                 f"(or use task.layout=interleaved)")
+        _require(self.num_pairs <= self.num_values,
+                 f"task.num_pairs={self.num_pairs} exceeds task.num_values={self.num_values}: the zoology layout "
+                 f"repeats no value within a sequence, so at most num_values pairs")
+        _require(isinstance(self.power_a, (int, float)) and not isinstance(self.power_a, bool)
+                 and math.isfinite(self.power_a) and self.power_a > 0,
+                 f"task.power_a={self.power_a!r} must be a number > 0 (zoology's gap power law; 1 = uniform)")
+        # zoology's own bound: the pairs, then at least one query slot (two positions) per pair.
+        _require(4 * self.num_pairs <= n,
+                 f"task.num_pairs={self.num_pairs} pairs need {4 * self.num_pairs} positions in the zoology layout "
+                 f"(2 per pair, then 2 per query slot), more than {where}={n}; at most {n // 4} pairs fit")
+
+    def _validate_interleaved(self, n: int, where: str, q: int) -> None:
+        # Pairs and queries are placed at random free positions; keeping them to half the sequence leaves
+        # room to place every one at its drawn gap.
+        _require(2 * self.num_pairs + q <= n // 2,
+                 f"task.num_pairs={self.num_pairs} pairs (2 tokens each) and {q} queries need "
+                 f"{2 * self.num_pairs + q} positions, more than fit in {where}={n} (at most half of it, "
+                 f"{n // 2}, may hold pairs and queries)")
+        _positive_int("task.min_gap", self.min_gap, 2)
+        if self.max_gap is not None:
+            _require(self.max_gap >= self.min_gap,
+                     f"task.max_gap={self.max_gap} must be >= task.min_gap={self.min_gap}")
+        _require(self.min_gap <= n - 1,
+                 f"task.min_gap={self.min_gap} does not fit {where}={n} (largest gap: {n - 1})")
 
 
 @dataclass
@@ -133,28 +165,45 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """AdamW until the validation accuracy reaches `target_accuracy`, or `max_steps`, or `max_seconds`.
+    """AdamW on a budget of steps (batch_size sequences each), stopped early when the model has learnt what its
+    pattern allows, swept over learning rates and repeated over seeds.
 
-    Stopping on steps or target accuracy is reproducible; `max_seconds` is a safety cap that depends on the machine
-    (rows record which criterion stopped the run).
+    Every stopping rule but the time cap is deterministic (steps and validation accuracy), so one seed gives the
+    same model on any machine:
+      ceiling   validation accuracy >= the pattern's ceiling (its reachable share of the validation items plus
+                chance on the rest) minus `ceiling_margin`;
+      plateau   after `plateau_min_steps`, the best validation accuracy of the last `plateau_patience` checks is
+                no more than `plateau_min_delta` above the best before them;
+      max_steps the budget ran out first: the run had not converged, and the report says so;
+      time_cap  `max_seconds` of wall clock: a safety cap only; the row is marked and the report calls it out.
+    lrs: each rate is trained at the first seed and the one with the best validation accuracy is kept (zoology
+    reports the best of a sweep); `seeds` runs (train.seed, train.seed + 1, ...) at that rate give the mean and
+    its 95 % interval.
     """
 
     max_steps: int = 1500
-    max_seconds: float = 300.0
-    target_accuracy: float = 1.0  # validation accuracy that ends training early (> 1 disables)
+    max_seconds: float = 1800.0  # safety cap; a run it stops is marked train_stop=time_cap
     batch_size: int = 64
-    lr: float = 3e-3
+    lrs: List[float] = field(default_factory=lambda: [3e-3])
+    seeds: int = 1  # runs at the chosen rate, seeds train.seed .. train.seed + seeds - 1
     min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio at max_steps
     warmup_steps: int = 50
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    eval_every: int = 100  # steps between validation passes (which also check target_accuracy)
+    eval_every: int = 100  # steps between validation passes (which also check the stopping rules)
     val_sequences: int = 256
+    ceiling_margin: float = 0.01
+    plateau_patience: int = 4  # validation checks
+    plateau_min_delta: float = 0.005
+    plateau_min_steps: int = 300  # MQAR often sits at chance before it learns: no plateau stop before this
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
     threads: Optional[int] = None  # torch.set_num_threads during the run; None keeps the current setting
     progress: bool = True
+
+    def seed_list(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
 
     def validate(self) -> None:
         _positive_int("train.max_steps", self.max_steps)
@@ -163,12 +212,21 @@ class TrainConfig:
         _positive_int("train.val_sequences", self.val_sequences)
         _positive_int("train.warmup_steps", self.warmup_steps, 0)
         _positive_int("train.seed", self.seed, 0)
+        _positive_int("train.seeds", self.seeds)
         _require(self.max_seconds > 0, f"train.max_seconds={self.max_seconds} must be > 0")
-        _require(self.lr > 0 and math.isfinite(self.lr), f"train.lr={self.lr} must be a positive number")
+        _require(isinstance(self.lrs, (list, tuple)) and len(self.lrs) > 0,
+                 f"train.lrs={self.lrs!r} must list at least one learning rate, e.g. [1e-3, 3e-3, 1e-2]")
+        for i, lr in enumerate(self.lrs):
+            _require(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 and math.isfinite(lr),
+                     f"train.lrs[{i}]={lr!r} must be a positive number")
+        _require(len(set(self.lrs)) == len(self.lrs), f"train.lrs={list(self.lrs)} repeats a rate")
         _require(0 <= self.min_lr_ratio <= 1, f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         _require(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be >= 0")
         _require(self.grad_clip > 0, f"train.grad_clip={self.grad_clip} must be > 0")
-        _require(self.target_accuracy > 0, f"train.target_accuracy={self.target_accuracy} must be > 0")
+        _require(0 <= self.ceiling_margin < 1, f"train.ceiling_margin={self.ceiling_margin} must be in [0, 1)")
+        _positive_int("train.plateau_patience", self.plateau_patience)
+        _require(self.plateau_min_delta >= 0, f"train.plateau_min_delta={self.plateau_min_delta} must be >= 0")
+        _positive_int("train.plateau_min_steps", self.plateau_min_steps, 0)
         _require(self.dtype in DTYPES, f"train.dtype={self.dtype!r} is not one of {list(DTYPES)}")
         _require(self.device == "cpu" or self.device.startswith("cuda"),
                  f"train.device={self.device!r} must be 'cpu' or 'cuda[:i]'")

@@ -24,13 +24,14 @@ def params_of(attention: dict) -> AttentionParams:
     return make_params(attention["mechanism"], **(attention.get("params") or {}))
 
 
-def one_layer_visible(params: AttentionParams, seq_len: int, num_heads: int, causal: bool) -> torch.Tensor:
-    """(H, N, N) bool: head h's query p scores key j, straight from the spec's index functions."""
-    query = torch.arange(seq_len)[None, :, None]
-    key = torch.arange(seq_len)[None, None, :]
-    head = torch.arange(num_heads)[:, None, None]
+def one_layer_visible(params: AttentionParams, seq_len: int, num_heads: int, causal: bool,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """(H, N, N) bool on `device`: head h's query p scores key j, straight from the spec's index functions."""
+    query = torch.arange(seq_len, device=device)[None, :, None]
+    key = torch.arange(seq_len, device=device)[None, None, :]
+    head = torch.arange(num_heads, device=device)[:, None, None]
     if isinstance(params, DenseParams):
-        visible = torch.ones(num_heads, seq_len, seq_len, dtype=torch.bool)
+        visible = torch.ones(num_heads, seq_len, seq_len, dtype=torch.bool, device=device)
     elif isinstance(params, SlidingWindowParams):
         left, right = params.window(causal)
         visible = sliding_window_visible(left, right)(query, key, head).expand(num_heads, seq_len, seq_len)
@@ -42,11 +43,12 @@ def one_layer_visible(params: AttentionParams, seq_len: int, num_heads: int, cau
 
 
 def receptive_field(params: AttentionParams, seq_len: int, num_heads: int, depth: int, causal: bool = True,
-                    token_shift: bool = False) -> torch.Tensor:
-    """(N, N) bool: token j can influence the output at position p through `depth` layers.
+                    token_shift: bool = False, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, N) bool on the CPU: token j can influence the output at position p through `depth` layers.
 
     token_shift: each layer's attention input at m also holds position m - 1 (model.TokenShift), so a layer that
-    lets p read m also lets it read m - 1.
+    lets p read m also lets it read m - 1. device: where the matrix powers run (a GPU preset's N = 16384 is
+    4.4 TFLOP per layer, minutes on a CPU).
     """
     if depth < 1:
         raise ValueError(f"depth={depth} must be >= 1")
@@ -55,28 +57,38 @@ def receptive_field(params: AttentionParams, seq_len: int, num_heads: int, depth
         left += int(token_shift)
         offset = torch.arange(seq_len)[None, :] - torch.arange(seq_len)[:, None]  # key - query
         return (offset >= -depth * left) & (offset <= depth * right)
-    step = one_layer_visible(params, seq_len, num_heads, causal).any(dim=0) | torch.eye(seq_len, dtype=torch.bool)
+    step = (one_layer_visible(params, seq_len, num_heads, causal, device).any(dim=0)
+            | torch.eye(seq_len, dtype=torch.bool, device=device))
     if token_shift:
         step[:, :-1] |= step[:, 1:].clone()  # reading m also reads m - 1
     if isinstance(params, DenseParams):
-        return step  # already closed under composition
+        return step.cpu()  # already closed under composition
     field = step
     step_f = step.float()
     for _ in range(depth - 1):
-        field = (field.float() @ step_f) > 0  # path counts are small exact integers in float32
-    return field
+        field = (field.float() @ step_f) > 0  # path counts of a bool matrix times one are <= N: exact in float32
+    return field.cpu()
 
 
 def theoretical_reach(params: AttentionParams, seq_len: int, num_heads: int, depth: int, causal: bool = True,
-                      token_shift: bool = False) -> int:
-    """The longest distance p - j over which any token can influence a later position (N - 1 at most)."""
+                      token_shift: bool = False, field: torch.Tensor | None = None) -> int:
+    """The longest distance p - j over which any token can influence a later position (N - 1 at most).
+
+    field: this configuration's receptive_field when already computed (else computed here, where no closed form
+    exists)."""
     if isinstance(params, DenseParams):
         return seq_len - 1
     if isinstance(params, SlidingWindowParams):
         return min(depth * (params.window(causal)[0] + int(token_shift)), seq_len - 1)
-    field = receptive_field(params, seq_len, num_heads, depth, causal, token_shift)
-    distance = torch.arange(seq_len)[:, None] - torch.arange(seq_len)[None, :]
-    return int(distance[field].max())
+    if field is None:
+        field = receptive_field(params, seq_len, num_heads, depth, causal, token_shift)
+    return longest_distance(field)
+
+
+def longest_distance(field: torch.Tensor) -> int:
+    """The largest p - j with field[p, j] (every row holds its diagonal), without an N x N distance matrix."""
+    first = field.to(torch.uint8).argmax(dim=1)  # the earliest position each row can reach
+    return int((torch.arange(field.shape[0]) - first).max())
 
 
 def items_reachable(field: torch.Tensor, query_pos: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
@@ -85,6 +97,31 @@ def items_reachable(field: torch.Tensor, query_pos: torch.Tensor, sources: torch
     needed = sources.clamp(min=0)
     seen = torch.gather(rows, 1, needed) | (sources < 0)
     return seen.all(dim=1)
+
+
+def answers_visible(field: torch.Tensor, query_pos: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+    """(I,) bool: the positions that hold the answer (every source but the first: MQAR's value, passkey's key
+    tokens) are in the query's field. An item whose answer is not visible can only be guessed; one whose answer is
+    visible but whose key is not can still be picked by elimination among the visible, unclaimed answers."""
+    return items_reachable(field, query_pos, sources[:, 1:])
+
+
+def items_split(visible_HNN: torch.Tensor, query_pos: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+    """(I,) bool: some head lets the query see the item's first source (MQAR's key token, passkey's marker) but
+    not every position that holds its answer: the sparse grid cuts the item in two in that head.
+
+    `visible_HNN` is one layer's visibility per head (one_layer_visible). Such a head matches the key and reads a
+    position without the answer, a decoy that competes with the head that does see it: the loss of fine detail a
+    dilated grid pays. Measured on a 1-layer dilated [16, 32, 64] / [1, 2, 4] model: 0.999 on unsplit items within
+    reach, 0.41 on split ones (2026-12-01). Defined for one layer; stacked layers mix heads between lookups."""
+    first = sources[:, 0]
+    answer = sources[:, 1:]
+    sees_first = visible_HNN[:, query_pos, first]  # (H, I)
+    needed = answer.clamp(min=0)
+    sees_answer = torch.stack([
+        (torch.gather(visible_HNN[h][query_pos], 1, needed) | (answer < 0)).all(dim=1)
+        for h in range(visible_HNN.shape[0])])  # (H, I)
+    return (sees_first & ~sees_answer).any(dim=0)
 
 
 def distance_buckets(edges: list[int], longest: int) -> list[tuple[int, int]]:

@@ -23,7 +23,9 @@ from harness.store import ResultsStore, config_hash
 from .config import ProbeConfig, RetrievalConfig
 from .model import TinyDecoder
 from .probe import probe_attention, probe_unsupported_reasons
-from .reach import distance_buckets, items_reachable, params_of, receptive_field, theoretical_reach
+from .protocol import ceiling, select_lr
+from .reach import (answers_visible, distance_buckets, items_reachable, items_split, one_layer_visible, params_of,
+                    receptive_field, theoretical_reach)
 from .tasks import chance_accuracy
 from .train import ItemScores, evaluate, held_out_batches, seed_stream, summarize, train_model
 
@@ -145,57 +147,95 @@ def _probe_rows(base: dict[str, Any], result, cfg: ProbeConfig, attention: dict[
 
 def run_retrieval(attention: Any, cfg: Any, store: ResultsStore, logger: Optional[Logger] = None,
                   *, resume: bool = False) -> pd.DataFrame:
-    """Train a TinyDecoder with `attention` on cfg.task, evaluate held-out sequences, write kind="retrieval" rows.
+    """Train TinyDecoders with `attention` on cfg.task, evaluate held-out sequences, write kind="retrieval" rows.
 
-    MQAR rows: one per (eval seq_len, distance bucket). Passkey rows: one per (context length, depth), at that
-    context's single distance. Every row carries accuracy (exact items), count, chance, reachable_fraction (share
-    of the bucket's items whose sources the pattern can reach at this depth), theoretical_reach and the training
-    summary. resume=True returns the stored rows of a run with the same config_hash instead of training again.
+    The protocol (TrainConfig): every rate of train.lrs at the first seed, then train.seeds - 1 more seeds at the
+    rate with the best validation accuracy (protocol.select_lr). Each training run is one config_hash, stored as
+    soon as it is evaluated (resume=True skips it next time); the runs of one sweep share a sweep_id, from which the
+    report picks the same rate again. MQAR rows: one per (run, eval seq_len, distance bucket). Passkey rows: one per
+    (run, context length, depth). Every row carries accuracy (exact items), count, chance, reachable_fraction, the
+    counts within reach / answer visible / beyond reach (reach.py), theoretical_reach and the training summary.
     """
     logger = logger or NullLogger()
     cfg = cfg if isinstance(cfg, RetrievalConfig) else RetrievalConfig.from_mapping(cfg)
     cfg.validate()
     attention = normalize_attention(attention)
-    identity = {"retrieval": _cfg_dict(cfg, drop=("progress", "threads")), **_identity(attention)}
-    run_hash = config_hash(identity)
     store.check_writable()
+    sweep = {"retrieval": _cfg_dict(cfg, drop=("progress", "threads", "seeds")), **_identity(attention)}
+    sweep_id = config_hash(sweep)
+    device, dtype = torch.device(cfg.train.device), getattr(torch, cfg.train.dtype)
+    base = {"kind": "retrieval", "task": cfg.task.name, "task_layout": _layout(cfg), **_attention_columns(attention),
+            "train_seq_len": cfg.task.seq_len, "layers": cfg.model.layers, "d_model": cfg.model.d_model,
+            "heads": cfg.model.heads, "token_shift": cfg.model.token_shift, "device": cfg.train.device,
+            "dtype": cfg.train.dtype, "chance": chance_accuracy(cfg.task), "sweep_id": sweep_id,
+            "lrs": json.dumps(list(cfg.train.lrs)), "seeds_requested": cfg.train.seeds}
+
+    reasons = _training_unsupported(attention, device, dtype, cfg.model.d_model // cfg.model.heads)
+    if reasons:
+        identity = {**sweep, "lr": None, "seed": cfg.train.seed}
+        rows = [{**base, **fingerprint(cfg.train.device), "config_hash": config_hash(identity),
+                 "config": json.dumps(identity, sort_keys=True), "seed": cfg.train.seed, "status": "unsupported",
+                 "reason": reasons, "backend": attention["backend"]}]
+        store.append(rows)
+        return pd.DataFrame(rows)
+
+    seeds = cfg.train.seed_list()
+    frames = [_train_and_evaluate(attention, cfg, sweep, base, lr, seeds[0], store, logger, resume)
+              for lr in cfg.train.lrs]
+    best = cfg.train.lrs[0]
+    if len(cfg.train.lrs) > 1:
+        runs = pd.concat(frames, ignore_index=True).drop_duplicates("config_hash")
+        best = float(select_lr(runs[["sweep_id", "lr", "seed", "val_accuracy"]]).loc[sweep_id])
+    frames += [_train_and_evaluate(attention, cfg, sweep, base, best, seed, store, logger, resume)
+               for seed in seeds[1:]]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _layout(cfg: RetrievalConfig) -> str:
+    return cfg.task.layout if cfg.task.name == "mqar" else ""
+
+
+def _train_and_evaluate(attention: dict[str, Any], cfg: RetrievalConfig, sweep: dict[str, Any],
+                        base: dict[str, Any], lr: float, seed: int, store: ResultsStore, logger: Logger,
+                        resume: bool) -> pd.DataFrame:
+    """One training run (rate `lr`, seed `seed`) and its evaluation rows, appended to the store."""
+    identity = {**sweep, "lr": lr, "seed": seed}
+    run_hash = config_hash(identity)
     if resume and run_hash in store.done_hashes():
         frame = store.read_resumable()
         return frame[frame["config_hash"] == run_hash].reset_index(drop=True)
     device, dtype = torch.device(cfg.train.device), getattr(torch, cfg.train.dtype)
-    base = {"kind": "retrieval", "config_hash": run_hash, "task": cfg.task.name, **_attention_columns(attention),
-            "train_seq_len": cfg.task.seq_len, "layers": cfg.model.layers, "d_model": cfg.model.d_model,
-            "heads": cfg.model.heads, "token_shift": cfg.model.token_shift, "seed": cfg.train.seed,
-            "device": cfg.train.device, "dtype": cfg.train.dtype, "chance": chance_accuracy(cfg.task),
-            "config": json.dumps(identity, sort_keys=True)}
-
-    reasons = _training_unsupported(attention, device, dtype, cfg.model.d_model // cfg.model.heads)
-    if reasons:
-        rows = [{**base, **fingerprint(cfg.train.device), "status": "unsupported", "reason": reasons,
-                 "backend": attention["backend"]}]
-        store.append(rows)
-        return pd.DataFrame(rows)
-
+    base = {**base, "config_hash": run_hash, "config": json.dumps(identity, sort_keys=True), "lr": lr, "seed": seed}
+    params = params_of(attention)
     previous_threads = torch.get_num_threads()
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
     try:
         env = fingerprint(cfg.train.device)  # after set_num_threads, so env_threads is what ran
-        torch.manual_seed(cfg.train.seed)
+        val_batches = held_out_batches(cfg.task, cfg.train.val_sequences, cfg.eval.batch_size, cfg.task.seq_len,
+                                       seed_stream(seed, "val"))
+        field = receptive_field(params, cfg.task.seq_len, cfg.model.heads, cfg.model.layers, causal=True,
+                                token_shift=cfg.model.token_shift, device=device)
+        # The ceiling counts every item whose answer the query can see (key or not): an upper bound, so a run
+        # never stops on it before it has learnt all it could.
+        visible = torch.cat([answers_visible(field, b.item_query_pos, b.item_sources) for b in val_batches])
+        val_ceiling = ceiling(float(visible.float().mean()), chance_accuracy(cfg.task))
+        torch.manual_seed(seed)
         model = TinyDecoder(cfg.model, cfg.task.vocab_size(), attention).to(device=device, dtype=dtype)
+        name = attention.get("name", attention["mechanism"])
         try:
-            result = train_model(model, cfg, device, logger, description=attention.get("name",
-                                                                                        attention["mechanism"]))
+            result = train_model(model, cfg, device, lr=lr, seed=seed, val_batches=val_batches,
+                                 val_ceiling=val_ceiling, logger=logger, description=f"{name} lr={lr:g} seed={seed}")
         except torch.OutOfMemoryError as error:
             rows = [{**base, **env, "status": "oom", "reason": str(error).splitlines()[0],
                      "backend": attention["backend"]}]
             store.append(rows)
             return pd.DataFrame(rows)
-        base.update(env, backend=model.backends[0], **summarize(result))
+        base.update(env, backend=model.backends[0], **summarize(result, cfg.train.batch_size))
         if result.stop_reason == "nan":
             rows = [{**base, "status": "nan", "reason": f"training loss became non-finite at step {result.steps}"}]
         else:
-            rows = _evaluation_rows(base, model, cfg, attention, device)
+            rows = _evaluation_rows(base, model, cfg, attention, device, seed)
     finally:
         torch.set_num_threads(previous_threads)
     store.append(rows)
@@ -216,46 +256,69 @@ def _training_unsupported(attention: dict[str, Any], device: torch.device, dtype
 
 
 def _evaluation_rows(base: dict[str, Any], model: TinyDecoder, cfg: RetrievalConfig, attention: dict[str, Any],
-                     device: torch.device) -> list[dict[str, Any]]:
+                     device: torch.device, seed: int) -> list[dict[str, Any]]:
     params = params_of(attention)
     rows = []
     for seq_len in cfg.eval.lengths(cfg.task):
         field = receptive_field(params, seq_len, cfg.model.heads, cfg.model.layers, causal=True,
-                                token_shift=cfg.model.token_shift)
+                                token_shift=cfg.model.token_shift, device=device)
         reach = theoretical_reach(params, seq_len, cfg.model.heads, cfg.model.layers, causal=True,
-                                  token_shift=cfg.model.token_shift)
+                                  token_shift=cfg.model.token_shift, field=field)
         common = {**base, "seq_len": seq_len, "theoretical_reach": reach}
+        heads_visible = (one_layer_visible(params, seq_len, cfg.model.heads, causal=True)
+                         if cfg.model.layers == 1 else None)
         start = time.perf_counter()
         if cfg.task.name == "mqar":
             batches = held_out_batches(cfg.task, cfg.eval.sequences, cfg.eval.batch_size, seq_len,
-                                       seed_stream(cfg.train.seed, f"eval/{seq_len}"))
+                                       seed_stream(seed, f"eval/{seq_len}"))
             scores = evaluate(model, batches, device)
             reachable = items_reachable(field, scores.query_pos, scores.sources)
+            visible = answers_visible(field, scores.query_pos, scores.sources)
+            split = _split(heads_visible, scores)
             for lo, hi in distance_buckets(list(cfg.eval.bucket_edges), seq_len - 1):
                 select = (scores.distance >= lo) & (scores.distance <= hi)
                 if select.any():
-                    rows.append({**common, **_scored(scores, reachable, select), "distance_lo": lo,
+                    rows.append({**common, **_scored(scores, reachable, visible, split, select), "distance_lo": lo,
                                  "distance_hi": hi, "eval_seconds": time.perf_counter() - start})
         else:
             for depth in cfg.eval.depths:
                 batches = held_out_batches(cfg.task, cfg.eval.sequences, cfg.eval.batch_size, seq_len,
-                                           seed_stream(cfg.train.seed, f"eval/{seq_len}/{depth}"), [depth])
+                                           seed_stream(seed, f"eval/{seq_len}/{depth}"), [depth])
                 scores = evaluate(model, batches, device)
                 reachable = items_reachable(field, scores.query_pos, scores.sources)
+                visible = answers_visible(field, scores.query_pos, scores.sources)
+                split = _split(heads_visible, scores)
                 select = torch.ones_like(scores.correct)
                 distance = int(scores.distance[0])  # one depth in one context length is one distance
-                rows.append({**common, **_scored(scores, reachable, select), "depth": float(depth),
+                rows.append({**common, **_scored(scores, reachable, visible, split, select), "depth": float(depth),
                              "context_len": seq_len, "distance_lo": distance, "distance_hi": distance,
                              "eval_seconds": time.perf_counter() - start})
     return rows
 
 
-def _scored(scores: ItemScores, reachable: torch.Tensor, select: torch.Tensor) -> dict[str, Any]:
+def _split(heads_visible: Optional[torch.Tensor], scores: ItemScores) -> torch.Tensor:
+    if heads_visible is None:  # stacked layers: not defined (reach.items_split), no item counts as split
+        return torch.zeros_like(scores.correct)
+    return items_split(heads_visible, scores.query_pos, scores.sources)
+
+
+def _scored(scores: ItemScores, reachable: torch.Tensor, visible: torch.Tensor, split: torch.Tensor,
+            select: torch.Tensor) -> dict[str, Any]:
+    """Accuracy of the selected items, and its split by what the pattern lets the query see: within reach (key
+    and answer, no head cuts the pair), split (within reach, but a head sees the key without its answer:
+    reach.items_split), answer only (the key out of sight: elimination can still pick it), beyond reach (no
+    answer in sight). The four partition the items."""
     count = int(select.sum())
-    return {"status": "ok", "reason": "", "count": count, "correct": int(scores.correct[select].sum()),
-            "accuracy": float(scores.correct[select].float().mean()),
-            "token_accuracy": float(scores.token_accuracy[select].mean()),
-            "reachable_fraction": float(reachable[select].float().mean()), "eval_loss": scores.loss}
+    out = {"status": "ok", "reason": "", "count": count, "correct": int(scores.correct[select].sum()),
+           "accuracy": float(scores.correct[select].float().mean()),
+           "token_accuracy": float(scores.token_accuracy[select].mean()),
+           "reachable_fraction": float(reachable[select].float().mean()), "eval_loss": scores.loss}
+    for part, members in (("within", reachable & ~split), ("split", reachable & split),
+                          ("answer_only", visible & ~reachable), ("beyond", ~visible)):
+        chosen = select & members
+        out[f"{part}_count"] = int(chosen.sum())
+        out[f"{part}_correct"] = int(scores.correct[chosen].sum())
+    return out
 
 
 def _cfg_dict(cfg: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:

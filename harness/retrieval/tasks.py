@@ -60,15 +60,72 @@ class RetrievalBatch:
 
 
 def mqar_batch(task: TaskConfig, batch_size: int, seq_len: int, rng: random.Random) -> RetrievalBatch:
-    """`batch_size` MQAR sequences of `seq_len` tokens.
+    """`batch_size` MQAR sequences of `seq_len` tokens in the task's layout (zoology or interleaved)."""
+    task.validate(seq_len, where="seq_len")
+    if task.name != "mqar":
+        raise ValueError(f"mqar_batch needs task.name='mqar', got {task.name!r}")
+    if task.layout == "zoology":
+        return zoology_mqar_batch(task, batch_size, seq_len, rng)
+    return interleaved_mqar_batch(task, batch_size, seq_len, rng)
+
+
+def zoology_query_slot_weights(task: TaskConfig, seq_len: int) -> torch.Tensor:
+    """(space,) float64: weight of query slot g (position 2 * num_pairs + 2g), (g + 1)^(power_a - 1) as zoology."""
+    space = (seq_len - 2 * task.num_pairs) // 2
+    return torch.arange(1, space + 1, dtype=torch.float64) ** (task.power_a - 1.0)
+
+
+def zoology_mqar_batch(task: TaskConfig, batch_size: int, seq_len: int, rng: random.Random) -> RetrievalBatch:
+    """HazyResearch/zoology's MQAR (zoology/data/multiquery_ar.py), re-implemented on this module's seed stream.
+
+    Layout of one sequence with P = num_pairs: k1 v1 k2 v2 ... kP vP, then the queries: key j at position
+    2P + 2 g_j, labelled with v_j, where the slots g_1..g_P are drawn without replacement with weights
+    (g + 1)^(power_a - 1) (Efraimidis-Spirakis: the P largest u^(1/w)). Keys and values are distinct within a
+    sequence (chance = 1 / num_values); every other position holds a token drawn
+    uniformly from FILL, the keys and the values (`random_non_queries`, as zoology's fill from the whole vocabulary)
+    or FILL. Scored as zoology scores it: one label per query, accuracy = correct labels / labels.
+    """
+    pairs = task.num_pairs
+    weights = zoology_query_slot_weights(task, seq_len)
+    space = len(weights)
+    fill_vocab = [FILL, *range(key_token(task, 0), value_token(task, task.num_values))]
+    tokens = torch.full((batch_size, seq_len), FILL, dtype=torch.long)
+    targets = torch.full((batch_size, seq_len), IGNORE, dtype=torch.long)
+    item = torch.full((batch_size, seq_len), -1, dtype=torch.long)
+    query_pos, sources = [], []
+    for row in range(batch_size):
+        keys = rng.sample(range(task.num_keys), pairs)
+        values = rng.sample(range(task.num_values), pairs)
+        uniform = torch.tensor([rng.random() for _ in range(space)], dtype=torch.float64).clamp_min(1e-300)
+        slots = torch.topk(uniform.log() / weights, pairs).indices.tolist()  # in draw order, as sequential sampling
+        if task.random_non_queries:
+            tokens[row] = torch.tensor([fill_vocab[rng.randrange(len(fill_vocab))] for _ in range(seq_len)])
+        queries = []
+        for j, (key, value, slot) in enumerate(zip(keys, values, slots)):
+            tokens[row, 2 * j] = key_token(task, key)
+            tokens[row, 2 * j + 1] = value_token(task, value)
+            query = 2 * pairs + 2 * slot
+            tokens[row, query] = key_token(task, key)
+            targets[row, query] = value_token(task, value)
+            queries.append((query, j))
+        for query, j in sorted(queries):  # item ids read left to right
+            item[row, query] = len(query_pos)
+            query_pos.append(query)
+            sources.append((2 * j, 2 * j + 1))
+    count = len(query_pos)
+    query_t = torch.tensor(query_pos, dtype=torch.long)
+    sources_t = torch.tensor(sources, dtype=torch.long).reshape(count, 2)
+    return RetrievalBatch(tokens, targets, item, query_t, sources_t, query_t - sources_t[:, 0],
+                          torch.full((count,), float("nan")))
+
+
+def interleaved_mqar_batch(task: TaskConfig, batch_size: int, seq_len: int, rng: random.Random) -> RetrievalBatch:
+    """This project's first MQAR layout: pairs scattered over FILL, queries interleaved with them.
 
     Layout of one sequence (g = the drawn gap): ... k v ... k? ... where `k v` is a pair at positions (t, t+1) and
     `k?` is the query at t + g, labelled with v. Keys are distinct within a sequence; values are drawn with
     replacement (chance = 1 / num_values). Unqueried pairs are distractors.
     """
-    task.validate(seq_len, where="seq_len")
-    if task.name != "mqar":
-        raise ValueError(f"mqar_batch needs task.name='mqar', got {task.name!r}")
     min_gap, max_gap = task.gap_range(seq_len)
     tokens = torch.full((batch_size, seq_len), FILL, dtype=torch.long)
     targets = torch.full((batch_size, seq_len), IGNORE, dtype=torch.long)
@@ -170,5 +227,8 @@ def make_batch(task: TaskConfig, batch_size: int, seq_len: int, rng: random.Rand
 
 
 def chance_accuracy(task: TaskConfig) -> float:
-    """Accuracy of guessing uniformly: one value for MQAR, every key token for passkey."""
+    """Accuracy of guessing uniformly: one value for MQAR, every key token for passkey.
+
+    MQAR's zoology layout repeats no value, so a model that tracks which values it has seen answered could do a
+    little better on late queries; 1 / num_values is the guess that uses nothing of the sequence."""
     return 1.0 / task.num_values if task.name == "mqar" else (1.0 / task.num_keys) ** task.key_len

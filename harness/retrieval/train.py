@@ -1,8 +1,9 @@
 """Train a TinyDecoder on a retrieval task with AdamW, and score it item by item on held-out sequences.
 
 Training draws a fresh batch every step from the training seed stream; validation and evaluation draw from
-their own streams, so no held-out sequence is ever trained on. Training stops at the first of: validation
-accuracy >= train.target_accuracy (checked every train.eval_every steps), train.max_steps, train.max_seconds.
+their own streams, so no held-out sequence is ever trained on. Training stops at the first of (TrainConfig):
+the pattern's ceiling reached, a validation plateau, train.max_steps, the train.max_seconds safety cap; the
+rules themselves are in protocol.py.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from harness.loggers import Logger, NullLogger
 
 from .config import RetrievalConfig, TaskConfig
 from .model import TinyDecoder
+from .protocol import plateaued
 from .tasks import IGNORE, RetrievalBatch, make_batch
 
 
@@ -98,38 +100,48 @@ def held_out_batches(task: TaskConfig, sequences: int, batch_size: int, seq_len:
 class TrainResult:
     steps: int
     seconds: float
-    stop_reason: str  # target_accuracy | max_steps | max_seconds | nan
+    stop_reason: str  # ceiling | plateau | max_steps | time_cap | nan
     final_loss: float
     train_accuracy: float  # on the last training batch
     val_accuracy: float  # on the validation set at the last check
+    val_ceiling: float  # the most the pattern allows on the validation set
+    plateaued: bool  # the plateau rule held at the last check (also when max_steps stopped the run)
     history: list[dict[str, float]] = field(default_factory=list)
+    curve: list[tuple[int, float, float]] = field(default_factory=list)  # (step, val accuracy, train loss)
+
+    @property
+    def converged(self) -> bool:
+        return self.stop_reason == "ceiling" or (self.stop_reason != "nan" and self.plateaued)
 
 
-def learning_rate(step: int, cfg: RetrievalConfig) -> float:
-    """Linear warmup, then cosine decay to lr * min_lr_ratio at max_steps."""
+def learning_rate(step: int, cfg: RetrievalConfig, lr: float) -> float:
+    """Linear warmup to `lr`, then cosine decay to lr * min_lr_ratio at max_steps."""
     train = cfg.train
     if step < train.warmup_steps:
-        return train.lr * (step + 1) / train.warmup_steps
+        return lr * (step + 1) / train.warmup_steps
     progress = (step - train.warmup_steps) / max(1, train.max_steps - train.warmup_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return train.lr * (train.min_lr_ratio + (1 - train.min_lr_ratio) * cosine)
+    return lr * (train.min_lr_ratio + (1 - train.min_lr_ratio) * cosine)
 
 
-def train_model(model: TinyDecoder, cfg: RetrievalConfig, device: torch.device,
+def train_model(model: TinyDecoder, cfg: RetrievalConfig, device: torch.device, *, lr: float, seed: int,
+                val_batches: Sequence[RetrievalBatch], val_ceiling: float = 1.0,
                 logger: Optional[Logger] = None, description: str = "train") -> TrainResult:
-    """Train in place; returns when a stopping criterion is met. Metrics go to logger.log_metrics."""
+    """Train in place at rate `lr` on seed `seed`'s stream; returns when a stopping rule holds (TrainConfig).
+
+    val_ceiling: the most the pattern allows on `val_batches` (protocol.ceiling); reaching it within
+    train.ceiling_margin stops the run. Metrics go to logger.log_metrics."""
     logger = logger or NullLogger()
     task, train = cfg.task, cfg.train
-    train_rng = seed_stream(train.seed, "train")
-    val_batches = held_out_batches(task, train.val_sequences, cfg.eval.batch_size, task.seq_len,
-                                   seed_stream(train.seed, "val"))
+    train_rng = seed_stream(seed, "train")
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]  # norms and biases, as in nanoGPT
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=train.lr, betas=(0.9, 0.98))
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
     history: list[dict[str, float]] = []
+    curve: list[tuple[int, float, float]] = []
     val_accuracy, loss_value, accuracy = float("nan"), float("nan"), float("nan")
-    stop_reason, step = "max_steps", 0
+    stop_reason, step, is_plateau = "max_steps", 0, False
     model.train()
     start = time.perf_counter()
     # In a log (no terminal) every redraw is a new line: redraw every 10 s there instead of ~10 times a second.
@@ -140,7 +152,7 @@ def train_model(model: TinyDecoder, cfg: RetrievalConfig, device: torch.device,
         for step in range(1, train.max_steps + 1):
             batch = make_batch(task, train.batch_size, task.seq_len, train_rng).to(device)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step - 1, cfg)
+                group["lr"] = learning_rate(step - 1, cfg, lr)
             logits = model(batch.tokens)
             loss = labelled_loss(logits, batch)
             loss_value = float(loss.detach())
@@ -156,24 +168,37 @@ def train_model(model: TinyDecoder, cfg: RetrievalConfig, device: torch.device,
             if step % train.eval_every == 0 or step == train.max_steps:
                 val_accuracy = evaluate(model, val_batches, device).accuracy
                 metrics["val/accuracy"] = val_accuracy
+                curve.append((step, val_accuracy, loss_value))
+                is_plateau = step >= train.plateau_min_steps and plateaued(
+                    [v for _, v, _ in curve], train.plateau_patience, train.plateau_min_delta)
             metrics["train/seconds"] = time.perf_counter() - start
             logger.log_metrics(metrics, step=step)
             history.append({"step": step, **metrics})
             # postfix first and without its own refresh, so redraws follow update()'s mininterval
             bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{accuracy:.2f}", val=f"{val_accuracy:.2f}", refresh=False)
             bar.update(1)
-            if "val/accuracy" in metrics and val_accuracy >= train.target_accuracy:
-                stop_reason = "target_accuracy"
-                break
+            if "val/accuracy" in metrics:
+                if val_accuracy >= val_ceiling - train.ceiling_margin:
+                    stop_reason = "ceiling"
+                    break
+                if is_plateau:
+                    stop_reason = "plateau"
+                    break
             if metrics["train/seconds"] >= train.max_seconds:
-                stop_reason = "max_seconds"
+                stop_reason = "time_cap"
                 break
     finally:
         bar.close()
-    return TrainResult(step, time.perf_counter() - start, stop_reason, loss_value, accuracy, val_accuracy, history)
+    return TrainResult(step, time.perf_counter() - start, stop_reason, loss_value, accuracy, val_accuracy,
+                       val_ceiling, is_plateau, history, curve)
 
 
-def summarize(result: TrainResult) -> dict[str, Any]:
-    return {"train_steps": result.steps, "train_seconds": result.seconds, "train_stop": result.stop_reason,
+def summarize(result: TrainResult, batch_size: int) -> dict[str, Any]:
+    import json
+
+    return {"train_steps": result.steps, "train_sequences": result.steps * batch_size,
+            "train_seconds": result.seconds, "train_steps_per_s": result.steps / max(result.seconds, 1e-9),
+            "train_stop": result.stop_reason, "converged": result.converged, "plateaued": result.plateaued,
             "train_final_loss": result.final_loss, "train_accuracy": result.train_accuracy,
-            "val_accuracy": result.val_accuracy}
+            "val_accuracy": result.val_accuracy, "val_ceiling": result.val_ceiling,
+            "learning_curve": json.dumps([[s, round(v, 5), round(l, 5)] for s, v, l in result.curve])}

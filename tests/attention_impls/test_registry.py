@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import attention_impls as ai
-from attention_impls.registry import PRIORITY, REGISTRY
+from attention_impls.registry import PRIORITY, REGISTRY, SMALL_N_PRIORITY
 
 
 def test_backends_lists_every_backend_with_a_reason_when_unavailable():
@@ -11,7 +11,7 @@ def test_backends_lists_every_backend_with_a_reason_when_unavailable():
     for row in rows:
         assert row.available == (row.reason == ""), row
     names = {r.name for r in ai.backends("dilated")}
-    assert names == {"gather", "flex", "xformers", "reference"}
+    assert names == {"gather", "flex", "xformers", "masked_sdpa", "reference"}
     with pytest.raises(ValueError, match="mechanism='dense2'"):
         ai.backends("dense2")
 
@@ -30,7 +30,8 @@ def test_auto_pick_names_the_backend_and_respects_backward_support():
     attn(q, q, q, causal=True).sum().backward()
     assert attn.backend in REGISTRY["sliding_window"]
     assert not REGISTRY["sliding_window"][attn.backend].not_supported_reasons("cpu", torch.float32, True, True)
-    assert attn.picked[("cpu", "float32", True, 8)] == attn.backend  # keyed by head_dim too (it can decide)
+    short = 16 <= SMALL_N_PRIORITY[("sliding_window", "cpu")][0]
+    assert attn.picked[("cpu", "float32", True, 8, short)] == attn.backend  # keyed by head_dim and length too
 
 
 def test_priority_lists_name_real_backends():

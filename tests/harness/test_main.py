@@ -34,6 +34,8 @@ def test_two_point_multirun_end_to_end(tmp_path):
 
 
 RETRIEVAL_SHRINK = ["train.max_steps=2", "train.eval_every=1", "train.val_sequences=8", "train.batch_size=4",
+                    "train.lrs=[1e-3]", "train.seeds=1", "task.seq_len=128", "task.num_pairs=8", "model.d_model=32",
+                    "model.heads=2",
                     "train.progress=false", "train.device=cpu", "eval.seq_lens=[]", "eval.sequences=8", "eval.batch_size=8",
                     "probe.seq_len=64", "probe.heads=2", "probe.head_dim=16"]
 

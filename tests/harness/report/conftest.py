@@ -118,8 +118,23 @@ def _retrieval_base(task: str, mechanism: str, backend: str, params: dict) -> di
 
 
 def _trained(base: dict, backend: str, steps: int, stop: str, val_accuracy: float) -> dict:
+    # The learning curve rises to val_accuracy by the last check (every 50 steps).
+    curve = [[step, round(val_accuracy * step / steps, 4), round(2.0 * (1 - val_accuracy * step / steps), 4)]
+             for step in range(50, steps + 1, 50)]
     return dict(base, backend=backend, train_steps=steps, train_seconds=steps * 0.05, train_stop=stop,
-                train_final_loss=2.0 * (1 - val_accuracy), train_accuracy=val_accuracy, val_accuracy=val_accuracy)
+                train_final_loss=2.0 * (1 - val_accuracy), train_accuracy=val_accuracy, val_accuracy=val_accuracy,
+                lr=3e-3, sweep_id=base["config_hash"], converged=stop in ("ceiling", "plateau"),
+                val_ceiling=1.0 if base["mechanism"] == "dense" else 0.6, train_sequences=steps * 32,
+                train_steps_per_s=20.0, learning_curve=json.dumps(curve))
+
+
+def _split(count: int, reachable: float, within_accuracy: float, beyond_accuracy: float) -> dict:
+    """The within / answer-only / beyond counts of a bucket whose `reachable` share is within reach."""
+    within = round(count * reachable)
+    return dict(within_count=within, within_correct=round(within * within_accuracy), split_count=0, split_correct=0,
+                answer_only_count=0,
+                answer_only_correct=0, beyond_count=count - within,
+                beyond_correct=round((count - within) * beyond_accuracy))
 
 
 def retrieval_rows() -> list[dict]:
@@ -127,20 +142,21 @@ def retrieval_rows() -> list[dict]:
     for mechanism, backend, params, reach in RETRIEVAL_VARIANTS:
         learned = mechanism == "dense"
         mqar = _trained(_retrieval_base("mqar", mechanism, backend, params), backend, 200 if learned else 400,
-                        "target_accuracy" if learned else "max_steps", 0.99 if learned else 0.45)
+                        "ceiling" if learned else "max_steps", 0.99 if learned else 0.45)
         for lo, hi in BUCKETS:
             reachable = 1.0 if hi <= reach else (0.0 if lo > reach else 0.5)
             accuracy = 0.97 * reachable + 0.06 * (1 - reachable)
             count = 128
             rows.append(dict(mqar, status="ok", reason="", seq_len=4096, theoretical_reach=reach, distance_lo=lo,
                              distance_hi=hi, count=count, correct=round(accuracy * count), accuracy=accuracy,
-                             token_accuracy=accuracy, reachable_fraction=reachable, eval_loss=1.0, eval_seconds=0.2))
+                             token_accuracy=accuracy, reachable_fraction=reachable, eval_loss=1.0, eval_seconds=0.2,
+                             **_split(count, reachable, 0.97, 0.06)))
         base = _retrieval_base("passkey", mechanism, backend, params)
         if mechanism == "dilated":
             # A training run that ran out of memory: one row, no evaluation columns (run_retrieval's oom row).
             rows.append(dict(base, status="oom", reason=REASONS["oom"], backend=backend))
             continue
-        passkey = _trained(base, backend, 300, "target_accuracy", 0.9)
+        passkey = _trained(base, backend, 300, "ceiling", 0.9)
         for context_len in PASSKEY_CONTEXTS:
             for depth in PASSKEY_DEPTHS:
                 distance = max(int((1.0 - depth) * (context_len - 1)), 1)
@@ -149,7 +165,8 @@ def retrieval_rows() -> list[dict]:
                 rows.append(dict(passkey, status="ok", reason="", seq_len=context_len, theoretical_reach=min(
                     reach, context_len - 1), depth=depth, context_len=context_len, distance_lo=distance,
                     distance_hi=distance, count=16, correct=round(16 * accuracy), accuracy=accuracy,
-                    token_accuracy=accuracy, reachable_fraction=reachable, eval_loss=0.5, eval_seconds=0.1))
+                    token_accuracy=accuracy, reachable_fraction=reachable, eval_loss=0.5, eval_seconds=0.1,
+                    **_split(16, reachable, 1.0, 0.1)))
     return rows
 
 

@@ -4,7 +4,8 @@ import pytest
 from harness.report import plots
 from harness.report.palette import Palette
 
-PLOT_NAMES = {"latency_vs_seq_len", "memory_vs_seq_len", "throughput", "retrieval_accuracy", "passkey_heatmap",
+PLOT_NAMES = {"latency_vs_seq_len", "memory_vs_seq_len", "throughput", "retrieval_accuracy", "learning_curves",
+              "passkey_heatmap",
               "pareto", "probe", "distributed", "attention_patterns"}
 
 

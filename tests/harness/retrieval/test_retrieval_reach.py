@@ -55,3 +55,21 @@ def test_items_reachable_needs_every_source():
 def test_distance_buckets():
     assert distance_buckets([], 10) == [(0, 0), (1, 1), (2, 3), (4, 7), (8, 10)]
     assert distance_buckets([2, 10, 19], 15) == [(2, 9), (10, 15)]
+
+
+def test_items_split_finds_heads_that_see_the_key_without_its_value():
+    from harness.retrieval.reach import items_split
+
+    params = make_params("dilated", segment_lengths=[4, 8], dilation_rates=[1, 2])
+    visible = one_layer_visible(params, 8, 2, causal=True)  # (H, N, N)
+    # Rate 1, segments [0, 4) and [4, 8): every head. Rate 2, one segment [0, 8): head h sees positions of parity h,
+    # from queries of parity h. From query 7 (odd) head 1 crosses the segment boundary and sees 1, 3, 5 only.
+    # Pairs (4, 5) and (5, 6): inside query 7's rate-1 segment, every head sees both: not split.
+    # Pair (0, 1) from query 3: the same. Pair (2, 3) from 7: head 1 sees the value 3, no head sees the key 2.
+    # Pair (1, 2) from 7: head 1 sees the key 1 and not its value 2: split.
+    sources = torch.tensor([[4, 5], [5, 6], [0, 1], [2, 3], [1, 2]])
+    query = torch.tensor([7, 7, 3, 7, 7])
+    assert items_split(visible, query, sources).tolist() == [False, False, False, False, True]
+    window = one_layer_visible(make_params("sliding_window", window=3), 10, 1, causal=True)
+    # A window sees 4..7 from 7: the pair (4, 5) whole; from 8 it sees 5..8, the value without its key: not split.
+    assert items_split(window, torch.tensor([7, 8]), torch.tensor([[4, 5], [4, 5]])).tolist() == [False, False]

@@ -7,7 +7,7 @@ from harness.retrieval.config import TaskConfig
 from harness.retrieval.tasks import (FILL, IGNORE, KEY_MARK, QUESTION, key_token, make_batch, mqar_batch,
                                      passkey_batch, value_token)
 
-MQAR = TaskConfig(name="mqar", seq_len=96, num_pairs=10, num_queries=7, num_keys=24, num_values=20, min_gap=5,
+MQAR = TaskConfig(name="mqar", layout="interleaved", seq_len=96, num_pairs=10, num_queries=7, num_keys=24, num_values=20, min_gap=5,
                   max_gap=60)
 PASSKEY = TaskConfig(name="passkey", seq_len=80, key_len=5, num_keys=10, filler_vocab=12)
 
@@ -72,3 +72,69 @@ def test_generators_reject_lengths_the_task_does_not_fit():
         passkey_batch(PASSKEY, 1, 10, random.Random(0))
     with pytest.raises(ValueError, match="more than fit in seq_len=40"):
         mqar_batch(MQAR, 1, 40, random.Random(0))
+
+
+ZOOLOGY = TaskConfig(name="mqar", layout="zoology", seq_len=64, num_pairs=8, num_keys=20, num_values=24)
+
+
+def test_zoology_layout_pairs_first_split_vocabularies_no_repeated_value():
+    batch = mqar_batch(ZOOLOGY, 32, 64, random.Random(0))
+    pairs = ZOOLOGY.num_pairs
+    keys = range(key_token(ZOOLOGY, 0), key_token(ZOOLOGY, ZOOLOGY.num_keys))
+    values = range(value_token(ZOOLOGY, 0), value_token(ZOOLOGY, ZOOLOGY.num_values))
+    assert len(batch.item_query_pos) == 32 * pairs  # every pair is queried once
+    for row in range(32):
+        tokens = batch.tokens[row].tolist()
+        context_keys, context_values = tokens[0:2 * pairs:2], tokens[1:2 * pairs:2]
+        assert all(k in keys for k in context_keys) and all(v in values for v in context_values)
+        assert len(set(context_keys)) == pairs and len(set(context_values)) == pairs  # no repeats
+        labelled = (batch.targets[row] != IGNORE).nonzero().flatten().tolist()
+        assert len(labelled) == pairs and torch.equal(batch.targets[row] != IGNORE, batch.item[row] >= 0)
+        for query in labelled:
+            # Queries sit at even offsets after the pairs, repeat one context key and are labelled with its value.
+            assert query >= 2 * pairs and (query - 2 * pairs) % 2 == 0
+            j = context_keys.index(tokens[query])
+            assert batch.targets[row, query] == context_values[j]
+        # Every other position is a random key, value or FILL token (zoology's random_non_queries).
+        allowed = {FILL, *keys, *values}
+        assert set(tokens) <= allowed
+    for i in range(len(batch.item_query_pos)):
+        key_pos, value_pos = (int(p) for p in batch.item_sources[i])
+        assert key_pos % 2 == 0 and value_pos == key_pos + 1 and key_pos < 2 * pairs
+        assert int(batch.item_distance[i]) == int(batch.item_query_pos[i]) - key_pos
+
+
+def test_zoology_query_slots_follow_the_power_law():
+    import math
+
+    task = TaskConfig(name="mqar", layout="zoology", seq_len=128, num_pairs=4, num_keys=8, num_values=8)
+    batch = mqar_batch(task, 2000, 128, random.Random(3))
+    slots = ((batch.item_query_pos - 2 * task.num_pairs) // 2).tolist()
+    space = (128 - 2 * task.num_pairs) // 2
+    counts = torch.bincount(torch.tensor(slots), minlength=space).float()
+    # power_a = 0.01: weight (g + 1)^(-0.99), so slot 0 is drawn far more often than slot 9, and slot 9 more than 59.
+    assert counts[0] > 3 * counts[9] > 0 and counts[9] > counts[50:].mean()
+    # The first slot's share against the exact without-replacement inclusion probability is hard to state in
+    # closed form; its single-draw probability bounds it from below.
+    weights = [(g + 1) ** (task.power_a - 1) for g in range(space)]
+    assert counts[0] / 2000 >= weights[0] / sum(weights)
+    uniform = TaskConfig(name="mqar", layout="zoology", seq_len=128, num_pairs=4, num_keys=8, num_values=8,
+                         power_a=1.0)
+    flat = mqar_batch(uniform, 2000, 128, random.Random(3))
+    flat_counts = torch.bincount(((flat.item_query_pos - 8) // 2), minlength=space).float()
+    assert math.isclose(float(flat_counts.mean()), 2000 * 4 / space, rel_tol=1e-5)
+    # uniform: the spread of the counts is that of binomial noise (sd about sqrt(mean)), not of a power law
+    assert float(flat_counts.std()) < 1.5 * math.sqrt(float(flat_counts.mean()))
+
+
+def test_zoology_fill_can_be_plain():
+    task = TaskConfig(name="mqar", layout="zoology", seq_len=64, num_pairs=8, num_keys=16, num_values=16,
+                      random_non_queries=False)
+    batch = mqar_batch(task, 4, 64, random.Random(0))
+    assert int((batch.tokens == FILL).sum()) == 4 * (64 - 3 * 8)
+
+
+def test_same_seed_same_batch():
+    one = mqar_batch(ZOOLOGY, 8, 64, random.Random(5))
+    two = mqar_batch(ZOOLOGY, 8, 64, random.Random(5))
+    assert torch.equal(one.tokens, two.tokens) and torch.equal(one.targets, two.targets)

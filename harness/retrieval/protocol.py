@@ -1,0 +1,77 @@
+"""The rules that turn training runs into numbers a retrieval comparison can defend.
+
+One place for each: when a run has learnt what its pattern allows (`ceiling`, `plateaued`), which learning
+rate of a sweep is kept (`select_lr`), and the interval around a mean over seeds (`mean_interval`). The runner
+(run.py, train.py) and the report (harness.report.tables) both call these, so what stops a run and what the
+report calls converged are the same rule.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import pandas as pd
+
+CONFIDENCE = 0.95
+# Stop reasons that mean the run converged: it reached its pattern's ceiling or stopped improving.
+CONVERGED_STOPS = ("ceiling", "plateau")
+
+
+def ceiling(reachable_share: float, chance: float) -> float:
+    """The most a model can score when it answers every reachable item and guesses the rest."""
+    if not 0.0 <= reachable_share <= 1.0:
+        raise ValueError(f"reachable_share={reachable_share} must be in [0, 1]")
+    return reachable_share + chance * (1.0 - reachable_share)
+
+
+def plateaued(val_accuracies: Sequence[float], patience: int, min_delta: float) -> bool:
+    """True when the last `patience` validation checks improved on the best before them by at most `min_delta`.
+
+    Needs more than `patience` checks: a run that has not been checked that often has not had the chance to
+    plateau."""
+    if patience < 1:
+        raise ValueError(f"patience={patience} must be >= 1")
+    values = [float(v) for v in val_accuracies]
+    if len(values) <= patience:
+        return False
+    before, recent = values[:-patience], values[-patience:]
+    return max(recent) <= max(before) + min_delta
+
+
+def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE,
+                  bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float, float]:
+    """(mean, low, high): Student's t interval of the mean over independent runs (seeds), clipped to `bounds`
+    (an accuracy's interval never leaves [0, 1]).
+
+    One run gives no interval (low = high = nan): its spread over seeds is unknown, and a binomial interval over
+    its items would hide the seed-to-seed variation that dominates these runs."""
+    clean = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not clean:
+        return math.nan, math.nan, math.nan
+    mean = sum(clean) / len(clean)
+    if len(clean) < 2:
+        return mean, math.nan, math.nan
+    from scipy import stats
+
+    sem = stats.sem(clean)
+    if sem == 0:
+        return mean, mean, mean
+    low, high = stats.t.interval(confidence, len(clean) - 1, loc=mean, scale=sem)
+    return mean, max(float(low), bounds[0]), min(float(high), bounds[1])
+
+
+def select_lr(runs: pd.DataFrame) -> pd.Series:
+    """The learning rate kept per sweep: best validation accuracy at the sweep's first seed.
+
+    `runs` has one row per training run with columns sweep_id, lr, seed, val_accuracy. Every rate of a sweep is
+    trained at its smallest seed, so that is where they compete; ties go to the smaller rate. Returns lr indexed
+    by sweep_id."""
+    missing = {"sweep_id", "lr", "seed", "val_accuracy"} - set(runs.columns)
+    if missing:
+        raise ValueError(f"select_lr needs columns {sorted(missing)}")
+    first_seed = runs.groupby("sweep_id")["seed"].transform("min")
+    competing = runs[runs["seed"] == first_seed].assign(
+        score=pd.to_numeric(runs["val_accuracy"], errors="coerce").fillna(-1.0))
+    ordered = competing.sort_values(["sweep_id", "score", "lr"], ascending=[True, False, True], kind="stable")
+    return ordered.drop_duplicates("sweep_id").set_index("sweep_id")["lr"]
