@@ -51,3 +51,15 @@ def test_a_backend_that_cannot_run_these_inputs_explains_and_lists_alternatives(
 def test_selecting_unavailable_backend_raises_at_build_with_reason():
     with pytest.raises(RuntimeError, match=r"'xformers' is unavailable: xformers.*Available here: .*sdpa"):
         ai.build("dense", "xformers")
+
+
+@pytest.mark.parametrize("mechanism, params", [("sliding_window", {"window": 8}),
+                                                ("dilated", {"segment_lengths": [16, 32, 64],
+                                                             "dilation_rates": [1, 2, 4]})])
+def test_short_sequences_pick_the_masked_kernel_long_ones_the_fast_backend(mechanism, params):
+    up_to, first = SMALL_N_PRIORITY[(mechanism, "cpu")]
+    attn = ai.build(mechanism, **params)
+    for seq_len, expected in ((up_to, first[0]), (up_to + 32, PRIORITY[(mechanism, "cpu")][0])):
+        q = torch.randn(1, seq_len, 2, 8, requires_grad=True)
+        attn(q, q, q, causal=True).sum().backward()
+        assert attn.backend == expected, (seq_len, attn.picked)
