@@ -464,7 +464,7 @@ def plot_learning_curves(frame: pd.DataFrame, out_dir: Path, palette: Palette) -
     drawn: list[dict] = []
     variants: list[str] = []
     with _theme():
-        figure = _new_figure(4.6 * columns + 3.0, 3.4 * rows_n)
+        figure = _new_figure(5.6 * columns + 4.6, 3.4 * rows_n)  # room for the legend beside a single panel
         axes = figure.subplots(rows_n, columns, squeeze=False).ravel()
         for ax, ((task, train_len), panel) in zip(axes, panels):
             for _, run in panel.iterrows():
@@ -507,13 +507,53 @@ def plot_learning_curves(frame: pd.DataFrame, out_dir: Path, palette: Palette) -
                     Line2D([], [], color="0.3", marker="x", linestyle="none", markeredgewidth=2.0)]
         labels += ["another rate of the sweep (faint)", "ceiling (its colour)", "ended without converging"]
         figure.legend(handles, labels, loc="outside right upper", fontsize="small")
-        figure.suptitle(title, fontsize="large")
+        figure.suptitle(title, fontsize="large", x=0.02, ha="left")  # clear of the legend
     plot = Plot(name=name, title=title, figure=figure, data=pd.DataFrame(drawn),
                 caption="Validation accuracy at every check of every retrieval run (one line per seed and rate; "
                         "the rate the sweep kept is drawn solid). Dashed: the pattern's ceiling on the validation "
                         "set (answer-visible share plus chance on the rest); a run stops within "
                         "train.ceiling_margin of it or on a plateau. A cross marks a run the step budget or the "
                         "time cap ended before it converged.")
+    return _save(plot, out_dir)
+
+
+def plot_retrieval_noise(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
+    """Accuracy at one fixed distance against the number of pairs in the sequence, one line per variant with its
+    95 % band over seeds; grey dash-dot, chance."""
+    name, title = "retrieval_noise", "Noise: accuracy at a fixed distance as distractor pairs grow"
+    noise = tables.retrieval_noise(frame)
+    if noise.empty:
+        return _skip(name, title, "no retrieval run evaluated noise sets (eval.noise_pairs)")
+    panels = list(noise.groupby(["task", "seq_len", "distance"], sort=True))
+    drawn: list[dict] = []
+    with _theme():
+        figure = _new_figure(5.6 * len(panels) + 4.6, 3.6)  # room for the legend beside a single panel
+        axes = figure.subplots(1, len(panels), squeeze=False).ravel()
+        for ax, ((task, seq_len, distance), panel) in zip(axes, panels):
+            for variant in palette.sorted(panel["variant"].unique()):
+                points = panel[panel["variant"] == variant].sort_values("pairs")
+                style = palette[variant]
+                ax.plot(points["pairs"], points["accuracy"], color=style.color, marker=style.marker,
+                        linestyle=style.linestyle, linewidth=1.6, markersize=5, label=variant)
+                band = points[points["accuracy_ci_lo"].notna()]
+                if len(band):
+                    ax.fill_between(band["pairs"], band["accuracy_ci_lo"], band["accuracy_ci_hi"], color=style.color,
+                                    alpha=0.18, linewidth=0)
+                drawn += [dict(series=variant, x=x, y=y, y_lo=lo, y_hi=hi) for x, y, lo, hi in zip(
+                    points["pairs"], points["accuracy"], points["accuracy_ci_lo"], points["accuracy_ci_hi"])]
+            ax.axhline(float(panel["chance"].max()), color="0.45", linestyle="-.", linewidth=1.0)
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_xlabel("key-value pairs per sequence")
+            ax.set_ylabel("accuracy")
+            ax.set_title(f"{task}, N={int(seq_len)}, distance {int(distance)}", fontsize="medium")
+        handles, labels = axes[0].get_legend_handles_labels()
+        handles.append(Line2D([], [], color="0.45", linestyle="-."))
+        labels.append("chance")
+        figure.legend(handles, labels, loc="outside right upper", fontsize="small")
+        figure.suptitle(title, fontsize="large", x=0.02, ha="left")  # clear of the legend
+    plot = Plot(name=name, title=title, figure=figure, data=pd.DataFrame(drawn),
+                caption="Every query at the same key-query distance, every pair queried; for each query the "
+                        "other pairs are distractors, so more pairs put more of them in each pattern's field. Mean over seeds, shaded its 95 % interval; dash-dot: chance.")
     return _save(plot, out_dir)
 
 
@@ -948,7 +988,7 @@ def plot_attention_patterns(frame: pd.DataFrame, out_dir: Path, palette: Palette
     return _save(plot, out_dir)
 
 
-PLOTS = (plot_latency, plot_memory, plot_throughput, plot_retrieval_accuracy, plot_learning_curves,
+PLOTS = (plot_latency, plot_memory, plot_throughput, plot_retrieval_accuracy, plot_learning_curves, plot_retrieval_noise,
          plot_passkey_heatmap, plot_pareto,
          plot_probe, plot_distributed, plot_attention_patterns)
 

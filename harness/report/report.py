@@ -137,15 +137,16 @@ def _sections(frame: pd.DataFrame, plots: list[Plot], env: dict[str, str]) -> li
         if not headline.empty:
             retrieval_section.children.append(Section(
                 "Pattern or training? Accuracy within and beyond each pattern's reach",
-                text="within_reach: accuracy on the items whose key and answer the stacked pattern lets the query "
-                     "see (its ceiling is 1); beyond_reach: on the items whose answer it cannot see (ceiling: "
-                     "chance); *_share: the share of items each stands on. Means over the seeds of the learning "
-                     "rate the sweep kept (best validation accuracy), 95 % t interval in *_ci_lo/hi (none for one "
-                     "seed). ceiling: the answer-visible share plus chance on the rest; of_ceiling = accuracy / "
-                     f"ceiling. A variant 'learnt what its pattern reaches' at within_reach >= "
+                text="within reach: accuracy on the items whose key and answer the pattern lets the query "
+                     "see (its ceiling is 1); beyond reach: on the items whose answer it cannot see (ceiling: "
+                     "chance). Means over the seeds of the learning rate the sweep kept (best validation "
+                     "accuracy), with a 95 % t interval (none for one seed). ceiling: the answer-visible share "
+                     "plus chance on the rest. A variant 'learnt what its pattern reaches' at within_reach >= "
                      f"{tables.LEARNT_SHARE}; below it the pattern reaches the items and the model did not learn "
-                     "them. Also in tables/retrieval_headline.csv.",
-                table=headline))
+                     "them. split: items within reach where a head sees the key token without its value (the "
+                     "sparse grid's loss of detail; docs/retrieval.md). Cells: mean (95 % interval) [share of "
+                     "items]. Numbers in tables/retrieval_headline.csv.",
+                table=tables.retrieval_headline_cells(headline)))
         training = tables.retrieval_training(frame)
         not_converged = training[(training["converged"] != True) & (training["status"] == "ok")]  # noqa: E712
         capped = training[training["train_stop"] == "time_cap"]
@@ -166,6 +167,18 @@ def _sections(frame: pd.DataFrame, plots: list[Plot], env: dict[str, str]) -> li
                 text="Each cell: mean over seeds (95 % interval). Also in tables/retrieval_summary.csv, with "
                      "reachable_fraction, chance and count per bucket.",
                 table=tables.retrieval_wide(retrieval, task)))
+        noise = tables.retrieval_noise(frame)
+        if not noise.empty:
+            retrieval_section.children.append(Section(
+                "Noise: accuracy at a fixed distance as distractor pairs grow",
+                text="Every query at the same key-query distance, in held-out sequences of the training length "
+                     "holding more or fewer pairs (eval.noise_pairs); a wider field takes in more of them. "
+                     "Mean over seeds (95 % interval); within_share: the share of those queries the pattern "
+                     "reaches. Also in tables/retrieval_noise.csv.",
+                table=noise.assign(accuracy=[tables.format_interval(m, lo, hi) for m, lo, hi in zip(
+                    noise["accuracy"], noise["accuracy_ci_lo"], noise["accuracy_ci_hi"])]).drop(
+                    columns=["accuracy_ci_lo", "accuracy_ci_hi"]),
+                plot=by_name["retrieval_noise"]))
         for name in ("retrieval_accuracy", "passkey_heatmap", "pareto"):
             if name == "passkey_heatmap" and "passkey" not in set(retrieval["task"]):
                 continue  # no passkey task ran: nothing to say beyond the task list above
@@ -272,6 +285,7 @@ def write_report(store_dir: Path, experiment: str, env: dict | None = None) -> P
         "speed_summary": tables.speed_summary(frame),
         "retrieval_summary": tables.retrieval_summary(frame),
         "retrieval_headline": tables.retrieval_headline(frame),
+        "retrieval_noise": tables.retrieval_noise(frame),
         "passkey_summary": tables.passkey_summary(frame),
         "retrieval_training": tables.retrieval_training(frame),
         "probe_summary": tables.probe_summary(frame),

@@ -214,10 +214,12 @@ def _ensure(rows: pd.DataFrame, names: Iterable[str]) -> pd.DataFrame:
     return rows.assign(**{name: np.nan for name in missing}) if missing else rows
 
 
-def retrieval_rows(frame: pd.DataFrame) -> pd.DataFrame:
+def retrieval_rows(frame: pd.DataFrame, eval_set: str = "distance") -> pd.DataFrame:
     """The retrieval rows a reader compares: per variant and task its newest sweep, and of that sweep only the
     runs at the learning rate it kept (protocol.select_lr: best validation accuracy at the first seed), with a
-    `lr_kept` column. Rows written before sweeps existed count as a sweep of one run each."""
+    `lr_kept` column; of those, the evaluation set `eval_set` ("distance": the accuracy-by-distance sets, also
+    every row stored before sets had names; "noise": the fixed-distance sets of eval.noise_pairs). Rows written
+    before sweeps existed count as a sweep of one run each."""
     from ..retrieval.protocol import select_lr
 
     rows = rows_of_kind(frame, "retrieval")
@@ -237,7 +239,37 @@ def retrieval_rows(frame: pd.DataFrame) -> pd.DataFrame:
     kept = select_lr(with_lr[["sweep_id", "lr", "seed", "val_accuracy"]]) if len(with_lr) else pd.Series(dtype=float)
     lr_kept = rows["sweep_id"].map(kept)
     selected = lr_kept.isna() | (_numeric(rows["lr"]) == lr_kept)
-    return rows.assign(lr_kept=lr_kept)[selected].reset_index(drop=True)
+    sets = _column(rows, "eval_set", None).fillna("distance")
+    # A run that failed before evaluating (one row, no set) belongs to the distance view.
+    return rows.assign(lr_kept=lr_kept)[selected & (sets == eval_set)].reset_index(drop=True)
+
+
+RETRIEVAL_NOISE_COLUMNS = ("task", "variant", "seq_len", "distance", "pairs", "accuracy", "accuracy_ci_lo",
+                           "accuracy_ci_hi", "seeds", "within_share", "chance")
+
+
+def retrieval_noise(frame: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy at one fixed key-query distance as the number of pairs (distractors) in the sequence grows: the
+    seed's second cost of a wider field, which takes in more of them. Mean over the kept seeds with its 95 %
+    interval; within_share is the share of the queries the pattern reaches at that distance."""
+    from ..retrieval.protocol import mean_interval
+
+    rows = retrieval_rows(frame, "noise")
+    if rows.empty:
+        return pd.DataFrame(columns=list(RETRIEVAL_NOISE_COLUMNS))
+    records = []
+    for (task, variant, seq_len, pairs), group in rows.groupby(["task", "variant", "seq_len", "eval_pairs"],
+                                                               sort=False):
+        mean, low, high = mean_interval(_per_run_accuracy(group))
+        ok = group[group["status"] == "ok"]
+        total = float(_numeric(ok["count"]).sum())
+        records.append(dict(task=task, variant=variant, seq_len=seq_len, distance=_first(group["distance_lo"]),
+                            pairs=int(pairs), accuracy=mean, accuracy_ci_lo=low, accuracy_ci_hi=high,
+                            seeds=len(_per_run_accuracy(group)),
+                            within_share=float(_numeric(ok["within_count"]).sum()) / total if total else math.nan,
+                            chance=_numeric(group["chance"]).max()))
+    out = pd.DataFrame.from_records(records)
+    return _sort_by_variant(out, rows, ["task"], ["pairs"])[list(RETRIEVAL_NOISE_COLUMNS)]
 
 
 def _per_run(group: pd.DataFrame, correct: str, count: str) -> list[float]:
@@ -372,6 +404,28 @@ def format_interval(mean: float, low: float, high: float) -> str:
     if pd.isna(low) or pd.isna(high):
         return f"{mean:.3f}"
     return f"{mean:.3f} ({low:.3f}-{high:.3f})"
+
+
+def retrieval_headline_cells(headline: pd.DataFrame) -> pd.DataFrame:
+    """retrieval_headline for reading: one 'mean (95 % interval)' cell per class, its share of the items beside it."""
+    if headline.empty:
+        return headline
+
+    def cell(row: pd.Series, part: str) -> str:
+        text = format_interval(row[part], row[part.replace("_reach", "_ci_lo")], row[part.replace("_reach", "_ci_hi")])
+        share = row[part.replace("_reach", "_share")]
+        return f"{text} [{share:.0%}]" if text else ("-" if not share else "")
+
+    return pd.DataFrame({
+        "variant": headline["variant"], "N": headline["seq_len"], "lr": headline["lr"], "seeds": headline["seeds"],
+        "converged": headline["converged"],
+        "within reach [share]": [cell(r, "within_reach") for _, r in headline.iterrows()],
+        "split [share]": [cell(r, "split_reach") for _, r in headline.iterrows()],
+        "beyond reach [share]": [cell(r, "beyond_reach") for _, r in headline.iterrows()],
+        "chance": headline["chance"],
+        "accuracy / ceiling": [f"{a:.3f} / {c:.3f}" if pd.notna(a) else "" for a, c in
+                               zip(headline["accuracy"], headline["ceiling"])],
+        "verdict": headline["verdict"]})
 
 
 def retrieval_wide(summary: pd.DataFrame, task: str) -> pd.DataFrame:

@@ -244,6 +244,17 @@ class EvalConfig:
     batch_size: int = 64
     # Lower edges of the distance buckets (the last bucket runs to the longest distance); [] = 1, 2, 4, 8, ...
     bucket_edges: List[int] = field(default_factory=list)
+    # Noise (mqar, interleaved layout): every query at distance noise_distance, in sequences of the training
+    # length holding each of these numbers of pairs (the others are distractors); [] = no noise sets.
+    noise_pairs: List[int] = field(default_factory=list)
+    noise_distance: int = 6
+
+    def noise_task(self, task: TaskConfig, pairs: int) -> TaskConfig:
+        """The task of one noise set: `pairs` pairs, each queried at exactly noise_distance."""
+        from dataclasses import replace
+
+        return replace(task, num_pairs=pairs, num_queries=None, min_gap=self.noise_distance,
+                       max_gap=self.noise_distance)
 
     def lengths(self, task: TaskConfig) -> list[int]:
         return list(self.seq_lens) if self.seq_lens else [task.seq_len]
@@ -263,6 +274,18 @@ class EvalConfig:
         for i, edge in enumerate(edges):
             _positive_int(f"eval.bucket_edges[{i}]", edge, 0)
         _require(edges == sorted(set(edges)), f"eval.bucket_edges={edges} must be strictly increasing")
+        if self.noise_pairs:
+            _require(task.name == "mqar" and task.layout == "interleaved",
+                     f"eval.noise_pairs={list(self.noise_pairs)} needs task.name=mqar with task.layout=interleaved "
+                     f"(the zoology layout draws its gaps, so no fixed distance), got task.name={task.name!r}, "
+                     f"task.layout={task.layout!r}")
+            _positive_int("eval.noise_distance", self.noise_distance, 2) if self.noise_pairs else None
+        for i, pairs in enumerate(self.noise_pairs):
+                _positive_int(f"eval.noise_pairs[{i}]", pairs)
+                try:
+                    self.noise_task(task, pairs).validate(where="task.seq_len")
+                except RetrievalConfigError as error:
+                    raise RetrievalConfigError(f"eval.noise_pairs[{i}]={pairs}: {error}") from None
 
 
 @dataclass

@@ -264,35 +264,52 @@ def _evaluation_rows(base: dict[str, Any], model: TinyDecoder, cfg: RetrievalCon
                                 token_shift=cfg.model.token_shift, device=device)
         reach = theoretical_reach(params, seq_len, cfg.model.heads, cfg.model.layers, causal=True,
                                   token_shift=cfg.model.token_shift, field=field)
-        common = {**base, "seq_len": seq_len, "theoretical_reach": reach}
+        common = {**base, "seq_len": seq_len, "theoretical_reach": reach, "eval_set": "distance",
+                  "eval_pairs": cfg.task.num_pairs if cfg.task.name == "mqar" else None}
         heads_visible = (one_layer_visible(params, seq_len, cfg.model.heads, causal=True)
                          if cfg.model.layers == 1 else None)
         start = time.perf_counter()
-        if cfg.task.name == "mqar":
-            batches = held_out_batches(cfg.task, cfg.eval.sequences, cfg.eval.batch_size, seq_len,
-                                       seed_stream(seed, f"eval/{seq_len}"))
+
+        def scored(batches: list) -> tuple[ItemScores, tuple[torch.Tensor, ...]]:
             scores = evaluate(model, batches, device)
-            reachable = items_reachable(field, scores.query_pos, scores.sources)
-            visible = answers_visible(field, scores.query_pos, scores.sources)
-            split = _split(heads_visible, scores)
+            return scores, (items_reachable(field, scores.query_pos, scores.sources),
+                            answers_visible(field, scores.query_pos, scores.sources), _split(heads_visible, scores))
+
+        if cfg.task.name == "mqar":
+            scores, classes = scored(held_out_batches(cfg.task, cfg.eval.sequences, cfg.eval.batch_size, seq_len,
+                                                      seed_stream(seed, f"eval/{seq_len}")))
             for lo, hi in distance_buckets(list(cfg.eval.bucket_edges), seq_len - 1):
                 select = (scores.distance >= lo) & (scores.distance <= hi)
                 if select.any():
-                    rows.append({**common, **_scored(scores, reachable, visible, split, select), "distance_lo": lo,
+                    rows.append({**common, **_scored(scores, *classes, select), "distance_lo": lo,
                                  "distance_hi": hi, "eval_seconds": time.perf_counter() - start})
+            if seq_len == cfg.task.seq_len:
+                rows += _noise_rows(common, cfg, seq_len, seed, scored)
         else:
             for depth in cfg.eval.depths:
-                batches = held_out_batches(cfg.task, cfg.eval.sequences, cfg.eval.batch_size, seq_len,
-                                           seed_stream(seed, f"eval/{seq_len}/{depth}"), [depth])
-                scores = evaluate(model, batches, device)
-                reachable = items_reachable(field, scores.query_pos, scores.sources)
-                visible = answers_visible(field, scores.query_pos, scores.sources)
-                split = _split(heads_visible, scores)
-                select = torch.ones_like(scores.correct)
+                scores, classes = scored(held_out_batches(cfg.task, cfg.eval.sequences, cfg.eval.batch_size,
+                                                          seq_len, seed_stream(seed, f"eval/{seq_len}/{depth}"),
+                                                          [depth]))
                 distance = int(scores.distance[0])  # one depth in one context length is one distance
-                rows.append({**common, **_scored(scores, reachable, visible, split, select), "depth": float(depth),
-                             "context_len": seq_len, "distance_lo": distance, "distance_hi": distance,
-                             "eval_seconds": time.perf_counter() - start})
+                rows.append({**common, **_scored(scores, *classes, torch.ones_like(scores.correct)),
+                             "depth": float(depth), "context_len": seq_len, "distance_lo": distance,
+                             "distance_hi": distance, "eval_seconds": time.perf_counter() - start})
+    return rows
+
+
+def _noise_rows(common: dict[str, Any], cfg: RetrievalConfig, seq_len: int, seed: int, scored) -> list[dict]:
+    """One row per eval.noise_pairs count: every query at eval.noise_distance among that many pairs, so accuracy
+    at a fixed distance can be read against the number of distractors in the field (eval_set="noise")."""
+    rows = []
+    for pairs in cfg.eval.noise_pairs:
+        start = time.perf_counter()
+        task = cfg.eval.noise_task(cfg.task, pairs)
+        scores, classes = scored(held_out_batches(task, cfg.eval.sequences, cfg.eval.batch_size, seq_len,
+                                                  seed_stream(seed, f"noise/{seq_len}/{pairs}")))
+        distance = cfg.eval.noise_distance
+        rows.append({**common, **_scored(scores, *classes, torch.ones_like(scores.correct)), "eval_set": "noise",
+                     "eval_pairs": pairs, "distance_lo": distance, "distance_hi": distance,
+                     "eval_seconds": time.perf_counter() - start})
     return rows
 
 

@@ -105,6 +105,7 @@ RETRIEVAL_VARIANTS = [
 ]
 BUCKETS = ((2, 63), (64, 255), (256, 1023), (1024, 4095))  # inclusive, as harness.retrieval.reach writes them
 PASSKEY_CONTEXTS = (512, 1024, 2048)
+NOISE_PAIRS = (2, 4, 8, 16)
 PASSKEY_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -150,7 +151,13 @@ def retrieval_rows() -> list[dict]:
             rows.append(dict(mqar, status="ok", reason="", seq_len=4096, theoretical_reach=reach, distance_lo=lo,
                              distance_hi=hi, count=count, correct=round(accuracy * count), accuracy=accuracy,
                              token_accuracy=accuracy, reachable_fraction=reachable, eval_loss=1.0, eval_seconds=0.2,
-                             **_split(count, reachable, 0.97, 0.06)))
+                             eval_set="distance", eval_pairs=8, **_split(count, reachable, 0.97, 0.06)))
+        for pairs in NOISE_PAIRS:  # every query at distance 6: accuracy falls as distractors grow
+            accuracy = 0.97 - 0.02 * pairs
+            rows.append(dict(mqar, status="ok", reason="", seq_len=512, theoretical_reach=reach, distance_lo=6,
+                             distance_hi=6, count=128, correct=round(accuracy * 128), accuracy=accuracy,
+                             token_accuracy=accuracy, reachable_fraction=1.0, eval_loss=1.0, eval_seconds=0.1,
+                             eval_set="noise", eval_pairs=pairs, **_split(128, 1.0, accuracy, 0.0)))
         base = _retrieval_base("passkey", mechanism, backend, params)
         if mechanism == "dilated":
             # A training run that ran out of memory: one row, no evaluation columns (run_retrieval's oom row).

@@ -5,7 +5,7 @@ from harness.report import plots
 from harness.report.palette import Palette
 
 PLOT_NAMES = {"latency_vs_seq_len", "memory_vs_seq_len", "throughput", "retrieval_accuracy", "learning_curves",
-              "passkey_heatmap",
+              "retrieval_noise", "passkey_heatmap",
               "pareto", "probe", "distributed", "attention_patterns"}
 
 

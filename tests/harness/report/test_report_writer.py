@@ -24,7 +24,7 @@ def test_write_report_writes_tables_plots_markdown_and_self_contained_html(store
     report = write_report(store_root, "fixture", env={"env_torch": "9.9-fixture", "env_threads": 2})
     folder = store_root / "fixture"
     assert report == folder / "report.md"
-    for name in ("speed_summary", "retrieval_summary", "retrieval_headline", "retrieval_training", "passkey_summary",
+    for name in ("speed_summary", "retrieval_summary", "retrieval_headline", "retrieval_noise", "retrieval_training", "passkey_summary",
                  "probe_summary",
                  "distributed_summary", "perf_targets", "failures"):
         assert (folder / "tables" / f"{name}.csv").stat().st_size > 0
@@ -42,11 +42,11 @@ def test_write_report_writes_tables_plots_markdown_and_self_contained_html(store
     assert "superseded by a later run" in text  # the fixture's older probe run
     assert "mismatched (query, key, head) triples" in text
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
-    assert len(images) == 10
+    assert len(images) == 11
     for image in images:
         assert (folder / image).stat().st_size > 0
     page = (folder / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 10 and 'src="plots/' not in page
+    assert page.count('src="data:image/png;base64,') == 11 and 'src="plots/' not in page
     assert "<table" in page and "9.9-fixture" in page
     assert (report.stat().st_mode & 0o044) == 0o044  # shareable, not 0600
 

@@ -21,6 +21,12 @@ def test_defaults_validate():
     (RetrievalConfig(task=TaskConfig(power_a=-1)), r"task.power_a=-1 must be a number > 0"),
     (RetrievalConfig(task=TaskConfig(num_queries=3)), "the zoology layout queries every pair"),
     (RetrievalConfig(task=TaskConfig(layout="shuffled")), r"task.layout='shuffled' is not known; choose one of"),
+    (RetrievalConfig(eval=EvalConfig(noise_pairs=[4])), "eval.noise_pairs=\\[4\\] needs task.name=mqar with task.layout="
+                                                       "interleaved"),
+    (RetrievalConfig(task=TaskConfig(layout="interleaved", seq_len=64, num_keys=32), eval=EvalConfig(noise_pairs=[4, 12])),
+     r"eval.noise_pairs\[1\]=12: task.num_pairs=12 pairs .* more than fit in task.seq_len=64"),
+    (RetrievalConfig(task=TaskConfig(layout="interleaved"), eval=EvalConfig(noise_pairs=[4], noise_distance=1)),
+     "eval.noise_distance=1 must be an int >= 2"),
     (RetrievalConfig(train=TrainConfig(lrs=[])), r"train.lrs=\[\] must list at least one learning rate"),
     (RetrievalConfig(train=TrainConfig(lrs=[1e-3, -1.0])), r"train.lrs\[1\]=-1.0 must be a positive number"),
     (RetrievalConfig(train=TrainConfig(lrs=[1e-3, 1e-3])), "repeats a rate"),

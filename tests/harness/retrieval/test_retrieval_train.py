@@ -90,6 +90,16 @@ def test_learning_rate_sweep_then_seeds_at_the_kept_rate(tmp_path):
     assert store.read()["config_hash"].nunique() == 4
 
 
+def test_noise_sets_hold_every_query_at_one_distance(tmp_path):
+    cfg = {**ONE_LAYER, "train": {**ONE_LAYER["train"], "max_steps": 30, "eval_every": 30},
+           "eval": {**ONE_LAYER["eval"], "noise_pairs": [2, 6], "noise_distance": 5}}
+    frame = run_retrieval({"mechanism": "dense", "backend": "sdpa"}, cfg, ResultsStore(tmp_path, "n", job_id="t"))
+    noise = frame[frame["eval_set"] == "noise"]
+    assert list(noise["eval_pairs"]) == [2, 6] and (noise["distance_lo"] == 5).all()
+    assert list(noise["count"]) == [256 * 2, 256 * 6]  # every pair is queried
+    assert (frame.loc[frame["eval_set"] == "distance", "eval_pairs"] == 8).all()
+
+
 def test_time_cap_marks_the_run_as_not_converged(tmp_path):
     cfg = {**ONE_LAYER, "train": {**ONE_LAYER["train"], "max_seconds": 1e-6}}
     frame = run_retrieval({"mechanism": "dense", "backend": "sdpa"}, cfg, ResultsStore(tmp_path, "c", job_id="t"))
