@@ -99,6 +99,10 @@ class TaskConfig:
             _positive_int("task.num_queries", q)
             _require(q <= self.num_pairs, f"task.num_queries={q} exceeds task.num_pairs={self.num_pairs} "
                                           f"(each pair is queried at most once)")
+            # Checked in either layout: a bad value should not wait for the day the layout is switched.
+            _require(isinstance(self.power_a, (int, float)) and not isinstance(self.power_a, bool)
+                     and math.isfinite(self.power_a) and self.power_a > 0,
+                     f"task.power_a={self.power_a!r} must be a number > 0 (zoology's gap power law; 1 = uniform)")
             if self.layout == "zoology":
                 self._validate_zoology(n, where)
             else:
@@ -117,9 +121,6 @@ class TaskConfig:
         _require(self.num_pairs <= self.num_values,
                  f"task.num_pairs={self.num_pairs} exceeds task.num_values={self.num_values}: the zoology layout "
                  f"repeats no value within a sequence, so at most num_values pairs")
-        _require(isinstance(self.power_a, (int, float)) and not isinstance(self.power_a, bool)
-                 and math.isfinite(self.power_a) and self.power_a > 0,
-                 f"task.power_a={self.power_a!r} must be a number > 0 (zoology's gap power law; 1 = uniform)")
         # zoology's own bound: the pairs, then at least one query slot (two positions) per pair.
         _require(4 * self.num_pairs <= n,
                  f"task.num_pairs={self.num_pairs} pairs need {4 * self.num_pairs} positions in the zoology layout "
@@ -172,8 +173,9 @@ class TrainConfig:
     same model on any machine:
       ceiling   validation accuracy >= the pattern's ceiling (its reachable share of the validation items plus
                 chance on the rest) minus `ceiling_margin`;
-      plateau   after `plateau_min_steps`, the best validation accuracy of the last `plateau_patience` checks is
-                no more than `plateau_min_delta` above the best before them;
+      plateau   after `plateau_min_steps`, and once validation accuracy has come `plateau_min_progress` of the
+                way from chance to the ceiling, the best of the last `plateau_patience` checks is no more than
+                `plateau_min_delta` above the best before them;
       max_steps the budget ran out first: the run had not converged, and the report says so;
       time_cap  `max_seconds` of wall clock: a safety cap only; the row is marked and the report calls it out.
     lrs: each rate is trained at the first seed and the one with the best validation accuracy is kept (zoology
@@ -196,6 +198,7 @@ class TrainConfig:
     plateau_patience: int = 4  # validation checks
     plateau_min_delta: float = 0.005
     plateau_min_steps: int = 300  # MQAR often sits at chance before it learns: no plateau stop before this
+    plateau_min_progress: float = 0.25  # nor before validation accuracy is this far from chance to the ceiling
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
@@ -227,6 +230,8 @@ class TrainConfig:
         _positive_int("train.plateau_patience", self.plateau_patience)
         _require(self.plateau_min_delta >= 0, f"train.plateau_min_delta={self.plateau_min_delta} must be >= 0")
         _positive_int("train.plateau_min_steps", self.plateau_min_steps, 0)
+        _require(0 <= self.plateau_min_progress < 1,
+                 f"train.plateau_min_progress={self.plateau_min_progress} must be in [0, 1)")
         _require(self.dtype in DTYPES, f"train.dtype={self.dtype!r} is not one of {list(DTYPES)}")
         _require(self.device == "cpu" or self.device.startswith("cuda"),
                  f"train.device={self.device!r} must be 'cpu' or 'cuda[:i]'")

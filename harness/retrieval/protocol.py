@@ -25,18 +25,26 @@ def ceiling(reachable_share: float, chance: float) -> float:
     return reachable_share + chance * (1.0 - reachable_share)
 
 
-def plateaued(val_accuracies: Sequence[float], patience: int, min_delta: float) -> bool:
+def plateaued(val_accuracies: Sequence[float], patience: int, min_delta: float,
+              floor: float = -math.inf) -> bool:
     """True when the last `patience` validation checks improved on the best before them by at most `min_delta`.
 
     Needs more than `patience` checks: a run that has not been checked that often has not had the chance to
-    plateau."""
+    plateau. floor: a run whose best is still below it has not started learning (MQAR sits at chance before it
+    jumps), which is not a plateau."""
     if patience < 1:
         raise ValueError(f"patience={patience} must be >= 1")
     values = [float(v) for v in val_accuracies]
-    if len(values) <= patience:
+    if len(values) <= patience or max(values) < floor:
         return False
     before, recent = values[:-patience], values[-patience:]
     return max(recent) <= max(before) + min_delta
+
+
+def learning_floor(chance: float, ceiling_value: float, progress: float) -> float:
+    """The validation accuracy a run must pass before a plateau counts: `progress` of the way from chance to the
+    ceiling."""
+    return chance + progress * (ceiling_value - chance)
 
 
 def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE,

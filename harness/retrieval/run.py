@@ -225,7 +225,8 @@ def _train_and_evaluate(attention: dict[str, Any], cfg: RetrievalConfig, sweep: 
         name = attention.get("name", attention["mechanism"])
         try:
             result = train_model(model, cfg, device, lr=lr, seed=seed, val_batches=val_batches,
-                                 val_ceiling=val_ceiling, logger=logger, description=f"{name} lr={lr:g} seed={seed}")
+                                 val_ceiling=val_ceiling, chance=chance_accuracy(cfg.task), logger=logger,
+                                 description=f"{name} lr={lr:g} seed={seed}")
         except torch.OutOfMemoryError as error:
             rows = [{**base, **env, "status": "oom", "reason": str(error).splitlines()[0],
                      "backend": attention["backend"]}]

@@ -24,7 +24,7 @@ from harness.loggers import Logger, NullLogger
 
 from .config import RetrievalConfig, TaskConfig
 from .model import TinyDecoder
-from .protocol import plateaued
+from .protocol import learning_floor, plateaued
 from .tasks import IGNORE, RetrievalBatch, make_batch
 
 
@@ -125,12 +125,13 @@ def learning_rate(step: int, cfg: RetrievalConfig, lr: float) -> float:
 
 
 def train_model(model: TinyDecoder, cfg: RetrievalConfig, device: torch.device, *, lr: float, seed: int,
-                val_batches: Sequence[RetrievalBatch], val_ceiling: float = 1.0,
+                val_batches: Sequence[RetrievalBatch], val_ceiling: float = 1.0, chance: float = 0.0,
                 logger: Optional[Logger] = None, description: str = "train") -> TrainResult:
     """Train in place at rate `lr` on seed `seed`'s stream; returns when a stopping rule holds (TrainConfig).
 
     val_ceiling: the most the pattern allows on `val_batches` (protocol.ceiling); reaching it within
-    train.ceiling_margin stops the run. Metrics go to logger.log_metrics."""
+    train.ceiling_margin stops the run; chance: the guessing accuracy, below whose neighbourhood a flat curve is a
+    run that has not started, not a plateau. Metrics go to logger.log_metrics."""
     logger = logger or NullLogger()
     task, train = cfg.task, cfg.train
     train_rng = seed_stream(seed, "train")
@@ -170,7 +171,8 @@ def train_model(model: TinyDecoder, cfg: RetrievalConfig, device: torch.device, 
                 metrics["val/accuracy"] = val_accuracy
                 curve.append((step, val_accuracy, loss_value))
                 is_plateau = step >= train.plateau_min_steps and plateaued(
-                    [v for _, v, _ in curve], train.plateau_patience, train.plateau_min_delta)
+                    [v for _, v, _ in curve], train.plateau_patience, train.plateau_min_delta,
+                    floor=learning_floor(chance, val_ceiling, train.plateau_min_progress))
             metrics["train/seconds"] = time.perf_counter() - start
             logger.log_metrics(metrics, step=step)
             history.append({"step": step, **metrics})

@@ -19,6 +19,7 @@ def test_defaults_validate():
      "task.num_pairs=8 exceeds task.num_values=4: the zoology layout repeats no value"),
     (RetrievalConfig(task=TaskConfig(power_a=0.0)), r"task.power_a=0.0 must be a number > 0"),
     (RetrievalConfig(task=TaskConfig(power_a=-1)), r"task.power_a=-1 must be a number > 0"),
+    (RetrievalConfig(task=TaskConfig(layout="interleaved", power_a=-1)), r"task.power_a=-1 must be a number > 0"),
     (RetrievalConfig(task=TaskConfig(num_queries=3)), "the zoology layout queries every pair"),
     (RetrievalConfig(task=TaskConfig(layout="shuffled")), r"task.layout='shuffled' is not known; choose one of"),
     (RetrievalConfig(eval=EvalConfig(noise_pairs=[4])), "eval.noise_pairs=\\[4\\] needs task.name=mqar with task.layout="

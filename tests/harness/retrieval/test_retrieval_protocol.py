@@ -45,3 +45,13 @@ def test_select_lr_competes_at_the_first_seed_and_breaks_ties_low():
     assert kept["a"] == 3e-3 and kept["b"] == 1e-3
     nan = runs.assign(val_accuracy=[float("nan"), 0.1, 0.0, 0.0, 0.0, 0.5, 0.5])  # a failed run never wins
     assert select_lr(nan)["a"] == 3e-3
+
+
+def test_a_flat_curve_near_chance_is_not_a_plateau():
+    from harness.retrieval.protocol import learning_floor
+
+    floor = learning_floor(chance=0.0625, ceiling_value=0.2625, progress=0.25)
+    assert floor == pytest.approx(0.1125)
+    at_chance = [0.06, 0.065, 0.063, 0.064, 0.062, 0.063]
+    assert plateaued(at_chance, 3, 0.005) and not plateaued(at_chance, 3, 0.005, floor=floor)
+    assert plateaued([0.1, 0.2, 0.2, 0.2, 0.2], 3, 0.005, floor=floor)
