@@ -39,8 +39,8 @@ def test_dense_reaches_95_percent_at_every_distance(runs):
 
 
 def test_sliding_window_learns_its_reach_and_is_at_chance_beyond(runs):
-    headline = tables.retrieval_headline(runs).set_index("variant")
-    window = headline.loc["sliding_window w=8 (chunked)"]
+    headline = tables.retrieval_headline(runs)
+    window = headline[headline["variant"].str.startswith("sliding_window w=8")].iloc[0]  # label names the backend
     assert window["seeds"] == 3 and window["converged"] == "3/3"
     assert window["within_reach"] >= 0.90, window.to_dict()
     assert abs(window["beyond_reach"] - window["chance"]) <= 0.05, window.to_dict()
