@@ -25,6 +25,9 @@ class DilatedMaskedSdpa(AttentionBackend):
               dtype: torch.dtype) -> torch.Tensor:
         key = (seq_len, num_heads, causal, device, dtype)
         if key not in self._masks:
+            # One mask kept: training calls repeat a shape, while a sweep over N would otherwise hold H x N^2
+            # floats for every N it passed.
+            self._masks.clear()
             positions = torch.arange(seq_len, device=device)
             count = dilated_multiplicity(self.params, seq_len, causal)(
                 positions[None, :, None], positions[None, None, :], torch.arange(num_heads, device=device)[:, None,

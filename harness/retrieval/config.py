@@ -284,8 +284,8 @@ class EvalConfig:
                      f"eval.noise_pairs={list(self.noise_pairs)} needs task.name=mqar with task.layout=interleaved "
                      f"(the zoology layout draws its gaps, so no fixed distance), got task.name={task.name!r}, "
                      f"task.layout={task.layout!r}")
-            _positive_int("eval.noise_distance", self.noise_distance, 2) if self.noise_pairs else None
-        for i, pairs in enumerate(self.noise_pairs):
+            _positive_int("eval.noise_distance", self.noise_distance, 2)
+            for i, pairs in enumerate(self.noise_pairs):
                 _positive_int(f"eval.noise_pairs[{i}]", pairs)
                 try:
                     self.noise_task(task, pairs).validate(where="task.seq_len")
