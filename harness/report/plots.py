@@ -454,7 +454,8 @@ def plot_learning_curves(frame: pd.DataFrame, out_dir: Path, palette: Palette) -
     if rows.empty or "learning_curve" not in rows:
         return _skip(name, title, "no retrieval run stored a learning curve")
     kept = set(tables.retrieval_rows(frame)["config_hash"])
-    runs = rows.drop_duplicates("config_hash")
+    rows = tables.with_sweep(rows)
+    runs = rows[tables.in_newest_sweep(rows)].drop_duplicates("config_hash")  # earlier sweeps: in the CSV only
     runs = runs[runs["learning_curve"].notna()]
     if runs.empty:
         return _skip(name, title, "no retrieval run stored a learning curve")

@@ -147,7 +147,9 @@ def _sections(frame: pd.DataFrame, plots: list[Plot], env: dict[str, str]) -> li
                      "sparse grid's loss of detail; docs/retrieval.md). Cells: mean (95 % interval) [share of "
                      "items]. Numbers in tables/retrieval_headline.csv.",
                 table=tables.retrieval_headline_cells(headline)))
-        training = tables.retrieval_training(frame)
+        every_run = tables.retrieval_training(frame)
+        training = every_run[every_run["current"] == True].drop(columns=["current"])  # noqa: E712
+        older = len(every_run) - len(training)
         not_converged = training[(training["converged"] != True) & (training["status"] == "ok")]  # noqa: E712
         capped = training[training["train_stop"] == "time_cap"]
         retrieval_section.children.append(Section(
@@ -159,7 +161,9 @@ def _sections(frame: pd.DataFrame, plots: list[Plot], env: dict[str, str]) -> li
                  + (f"{len(not_converged)} of {len(training)} runs had not converged"
                     + (f", {len(capped)} of them stopped by the time cap" if len(capped) else "")
                     + ": their accuracy partly measures the training budget."
-                    if len(not_converged) else "Every run converged.")))
+                    if len(not_converged) else "Every run converged.")
+                 + (f" {older} runs of earlier sweeps (another configuration of the same variant) are left out "
+                    "here and listed in tables/retrieval_training.csv." if older else "")))
         retrieval_section.children.append(Section(by_name["learning_curves"].title, plot=by_name["learning_curves"]))
         for task in dict.fromkeys(retrieval["task"]):
             retrieval_section.children.append(Section(

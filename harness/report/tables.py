@@ -41,7 +41,7 @@ RETRIEVAL_HEADLINE_COLUMNS = (
 RETRIEVAL_TRAINING_COLUMNS = (
     "task", "variant", "name", "train_seq_len", "layers", "d_model", "heads", "lr", "lr_kept", "seed",
     "train_steps", "train_sequences", "train_stop", "converged", "train_seconds", "train_steps_per_s",
-    "train_final_loss", "val_accuracy", "val_ceiling", "chance", "status", "reason",
+    "train_final_loss", "val_accuracy", "val_ceiling", "chance", "current", "status", "reason",
 )
 # Within reach, a variant "learnt what its pattern reaches" at this share of its ceiling (1.0 there); beyond
 # reach, "at chance" within this much of chance.
@@ -214,6 +214,23 @@ def _ensure(rows: pd.DataFrame, names: Iterable[str]) -> pd.DataFrame:
     return rows.assign(**{name: np.nan for name in missing}) if missing else rows
 
 
+def with_sweep(rows: pd.DataFrame) -> pd.DataFrame:
+    """Retrieval rows with the columns the sweep logic reads; a row from before sweeps is a sweep of its own."""
+    rows = _ensure(rows, ("sweep_id", "lr", "seed", "val_accuracy", "timestamp", "task"))
+    return rows.assign(sweep_id=rows["sweep_id"].fillna(rows["config_hash"]) if "config_hash" in rows
+                       else rows["sweep_id"])
+
+
+def in_newest_sweep(rows: pd.DataFrame) -> pd.Series:
+    """Per row: it belongs to the newest sweep (latest timestamp) of its task and variant."""
+    stamps = rows["timestamp"].fillna("").astype(str)  # frames straight from run_retrieval carry none
+    newest = stamps.groupby([rows["task"].fillna(""), rows["variant"]]).transform("max")
+    newest_sweep = rows[stamps == newest].groupby(["task", "variant"], dropna=False)["sweep_id"].last()
+    return pd.Series([newest_sweep.get((t, v)) == sweep for t, v, sweep in zip(rows["task"], rows["variant"],
+                                                                                 rows["sweep_id"])],
+                     index=rows.index)
+
+
 def retrieval_rows(frame: pd.DataFrame, eval_set: str = "distance") -> pd.DataFrame:
     """The retrieval rows a reader compares: per variant and task its newest sweep, and of that sweep only the
     runs at the learning rate it kept (protocol.select_lr: best validation accuracy at the first seed), with a
@@ -225,15 +242,8 @@ def retrieval_rows(frame: pd.DataFrame, eval_set: str = "distance") -> pd.DataFr
     rows = rows_of_kind(frame, "retrieval")
     if rows.empty:
         return rows
-    rows = _ensure(rows, ("sweep_id", "lr", "seed", "val_accuracy", "timestamp", "task"))
-    rows = rows.assign(sweep_id=rows["sweep_id"].fillna(rows["config_hash"]) if "config_hash" in rows
-                       else rows["sweep_id"])
-    stamps = rows["timestamp"].fillna("").astype(str)  # frames straight from run_retrieval carry none
-    newest = stamps.groupby([rows["task"].fillna(""), rows["variant"]]).transform("max")
-    newest_sweep = rows[stamps == newest].groupby(["task", "variant"], dropna=False)["sweep_id"].last()
-    keep = [newest_sweep.get((t, v)) == sweep for t, v, sweep in zip(rows["task"], rows["variant"],
-                                                                      rows["sweep_id"])]
-    rows = rows[keep]
+    rows = with_sweep(rows)
+    rows = rows[in_newest_sweep(rows)]
     runs = rows.drop_duplicates("config_hash" if "config_hash" in rows else "sweep_id")
     with_lr = runs[_numeric(runs["lr"]).notna()]
     kept = select_lr(with_lr[["sweep_id", "lr", "seed", "val_accuracy"]]) if len(with_lr) else pd.Series(dtype=float)
@@ -455,14 +465,15 @@ def retrieval_wide(summary: pd.DataFrame, task: str) -> pd.DataFrame:
 def retrieval_training(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per retrieval training run (config_hash), every rate of the sweep included: how long it trained,
     why it stopped, whether it converged (ceiling or plateau), how well it fit, and lr_kept, the rate the sweep
-    kept. A run stopped by max_steps or time_cap had not converged: its accuracy partly measures its budget."""
+    kept, and current, whether it belongs to its variant's newest sweep (the one the other tables read). A run
+    stopped by max_steps or time_cap had not converged: its accuracy partly measures its budget."""
     from ..retrieval.protocol import select_lr
 
     rows = rows_of_kind(frame, "retrieval")
     if rows.empty:
         return pd.DataFrame(columns=list(RETRIEVAL_TRAINING_COLUMNS))
-    rows = _ensure(rows, ("config_hash", "sweep_id", *RETRIEVAL_TRAINING_COLUMNS))
-    rows = rows.assign(sweep_id=rows["sweep_id"].fillna(rows["config_hash"]))
+    rows = _ensure(with_sweep(rows), ("config_hash", *RETRIEVAL_TRAINING_COLUMNS))
+    rows = rows.assign(current=in_newest_sweep(rows))
     records = []
     for _, group in rows.groupby("config_hash", dropna=False, sort=False):
         record = {name: _first(group[name]) for name in RETRIEVAL_TRAINING_COLUMNS}

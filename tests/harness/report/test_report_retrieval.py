@@ -38,6 +38,7 @@ def test_only_the_kept_rate_of_the_newest_sweep_counts():
     assert set(rows["sweep_id"]) == {"s1"} and set(rows["lr"]) == {3e-3} and sorted(rows["seed"]) == [0, 1, 2]
     training = tables.retrieval_training(_frame())
     assert len(training) == 5 and training["lr_kept"].sum() == 4  # s1 keeps 3e-3 (3 runs), old keeps its one
+    assert training["current"].sum() == 4  # the superseded sweep's run is listed, marked as not current
 
 
 def test_headline_means_over_seeds_with_a_t_interval_and_a_verdict():
