@@ -16,6 +16,7 @@ from typing import Any, List, Optional
 
 TASKS = ("mqar", "passkey")
 MQAR_LAYOUTS = ("zoology", "interleaved")
+GAP_DISTRIBUTIONS = ("uniform", "log_uniform")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 # Token ids shared by both tasks: three specials, then the key, value and filler vocabularies (tasks.py).
@@ -46,8 +47,9 @@ class TaskConfig:
     i^(power_a - 1) (slot i = 1, 2, ...: a power law, most queries soon after the pairs); the other positions are
     random tokens of the key and value vocabularies (`random_non_queries`) or FILL.
     mqar, layout="interleaved" (this project's first layout): pairs scattered over filler, `num_queries` of the keys
-    appear again later, the gap (query position minus key position) drawn uniformly from [min_gap, max_gap],
-    values drawn with replacement.
+    appear again later, the gap (query position minus key position) drawn from [min_gap, max_gap], uniformly or
+    log-uniformly (`gap_distribution`: as many gaps in [2, 4) as in [512, 1024), so a short-range pattern at a
+    long N still meets queries it can reach), values drawn with replacement.
     passkey: random filler tokens, a marker followed by a `key_len`-token key at relative depth d in [0, 1] of the
     context (0 = first token, 1 = just before the question), then a question marker after which the model must
     produce the key (scored as exact match of all key tokens).
@@ -65,6 +67,7 @@ class TaskConfig:
     num_queries: Optional[int] = None  # interleaved: None queries every pair (zoology always queries every pair)
     min_gap: int = 2  # interleaved: the query can come no earlier than right after the value
     max_gap: Optional[int] = None  # interleaved: None = as far as the sequence allows (seq_len - 1)
+    gap_distribution: str = "uniform"  # interleaved: uniform | log_uniform over [min_gap, max_gap]
     # passkey
     key_len: int = 4
     filler_vocab: int = 32
@@ -103,6 +106,9 @@ class TaskConfig:
             _require(isinstance(self.power_a, (int, float)) and not isinstance(self.power_a, bool)
                      and math.isfinite(self.power_a) and self.power_a > 0,
                      f"task.power_a={self.power_a!r} must be a number > 0 (zoology's gap power law; 1 = uniform)")
+            _require(self.gap_distribution in GAP_DISTRIBUTIONS,
+                     f"task.gap_distribution={self.gap_distribution!r} is not known; choose one of "
+                     f"{list(GAP_DISTRIBUTIONS)}")
             if self.layout == "zoology":
                 self._validate_zoology(n, where)
             else:

@@ -16,6 +16,7 @@ gives the same data everywhere.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -122,8 +123,8 @@ def zoology_mqar_batch(task: TaskConfig, batch_size: int, seq_len: int, rng: ran
 def interleaved_mqar_batch(task: TaskConfig, batch_size: int, seq_len: int, rng: random.Random) -> RetrievalBatch:
     """This project's first MQAR layout: pairs scattered over FILL, queries interleaved with them.
 
-    Layout of one sequence (g = the drawn gap): ... k v ... k? ... where `k v` is a pair at positions (t, t+1) and
-    `k?` is the query at t + g, labelled with v. Keys are distinct within a sequence; values are drawn with
+    Layout of one sequence (g = the drawn gap, `task.gap_distribution`): ... k v ... k? ... where `k v` is a pair
+    at positions (t, t+1) and `k?` is the query at t + g, labelled with v. Keys are distinct within a sequence; values are drawn with
     replacement (chance = 1 / num_values). Unqueried pairs are distractors.
     """
     min_gap, max_gap = task.gap_range(seq_len)
@@ -150,6 +151,14 @@ def interleaved_mqar_batch(task: TaskConfig, batch_size: int, seq_len: int, rng:
                           torch.tensor(distance, dtype=torch.long), torch.full((count,), float("nan")))
 
 
+def _draw_gap(distribution: str, min_gap: int, max_gap: int, rng: random.Random) -> int:
+    if distribution == "uniform":
+        return rng.randint(min_gap, max_gap)
+    # log-uniform over the integers: floor(exp(u)), u uniform on [ln min_gap, ln(max_gap + 1)).
+    gap = int(math.exp(rng.uniform(math.log(min_gap), math.log(max_gap + 1))))
+    return min(max(gap, min_gap), max_gap)
+
+
 def _mqar_layout(task: TaskConfig, seq_len: int, min_gap: int, max_gap: int,
                  rng: random.Random) -> list[tuple[int, int, int, Optional[int]]]:
     """[(key position, key index, value index, gap or None if unqueried)], items in query-position order."""
@@ -161,7 +170,7 @@ def _mqar_layout(task: TaskConfig, seq_len: int, min_gap: int, max_gap: int,
         for i, (key, value) in enumerate(zip(keys, values)):
             queried = i < task.queries()
             for _ in range(_PLACEMENT_TRIES):
-                gap = rng.randint(min_gap, max_gap) if queried else None
+                gap = _draw_gap(task.gap_distribution, min_gap, max_gap, rng) if queried else None
                 key_pos = rng.randrange(seq_len - (gap if queried else 1))
                 cells = (key_pos, key_pos + 1, key_pos + gap) if queried else (key_pos, key_pos + 1)
                 if not any(taken[c] for c in cells):

@@ -41,6 +41,8 @@ def test_defaults_validate():
      r"eval.seq_lens\[1\]=16"),
     (RetrievalConfig(task=TaskConfig(name="copy")), "task.name='copy' is not known"),
     (RetrievalConfig(task=TaskConfig(layout="interleaved", min_gap=1)), "task.min_gap=1 must be an int >= 2"),
+    (RetrievalConfig(task=TaskConfig(layout="interleaved", gap_distribution="power")),
+     r"task.gap_distribution='power' is not known; choose one of \['uniform', 'log_uniform'\]"),
     (RetrievalConfig(model=ModelConfig(d_model=60, heads=4)), "must be even"),
 ])
 def test_bad_configs_fail_before_training_naming_the_value(cfg, message):

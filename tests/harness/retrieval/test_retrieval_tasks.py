@@ -41,6 +41,16 @@ def test_mqar_gaps_cover_the_requested_range():
     assert int(batch.item_distance.min()) <= 8 and int(batch.item_distance.max()) >= 56
 
 
+def test_mqar_log_uniform_gaps_fill_every_octave_alike():
+    task = TaskConfig(name="mqar", layout="interleaved", seq_len=512, num_pairs=8, num_keys=16, num_values=16,
+                      gap_distribution="log_uniform")
+    gaps = mqar_batch(task, 500, 512, random.Random(2)).item_distance
+    assert int(gaps.min()) >= 2 and int(gaps.max()) <= 511
+    # [2, 4), [4, 8), ..., [256, 512): eight octaves, each 1/8 of the gaps (uniform gaps: [256, 512) holds half)
+    shares = [float(((gaps >= 2 ** e) & (gaps < 2 ** (e + 1))).float().mean()) for e in range(1, 9)]
+    assert all(0.10 <= share <= 0.15 for share in shares), shares
+
+
 @pytest.mark.parametrize("depth", [0.0, 0.3, 1.0])
 def test_passkey_key_at_depth_and_labels_only_on_the_answer(depth):
     batch = passkey_batch(PASSKEY, 4, 80, random.Random(0), depths=[depth])
