@@ -123,14 +123,23 @@ class DistributedConfig:
 
 
 @dataclass
+class PathsConfig:
+    """Where a run writes, all under one root (conf/paths/default.yaml; lightning-hydra-template's paths)."""
+
+    root_dir: str = "."
+    # <results_dir>/<name>/ holds an experiment's rows, report, tables, plots, W&B runs and Hydra's run folders.
+    results_dir: str = "${paths.root_dir}/results"
+
+
+@dataclass
 class ShootoutConfig:
     # What the run does, in order; see harness.run.JOBS (speed, probe, retrieval). One W&B run, one report.
     jobs: List[str] = field(default_factory=lambda: ["speed"])
     # Set by the experiment preset; `experiment` is also the preset group, so the CLI cannot set this key:
     # use `name=...` to file an ad hoc run under another folder.
     experiment: str = "default"
-    name: str = "${experiment}"  # results go to <results_dir>/<name>/
-    results_dir: str = "results"
+    name: str = "${experiment}"  # results go to <paths.results_dir>/<name>/
+    paths: PathsConfig = field(default_factory=PathsConfig)
     resume: bool = True  # skip points whose config_hash is already recorded
     seed: int = 0
     attention: AttentionConfig = field(default_factory=AttentionConfig)

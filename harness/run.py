@@ -4,8 +4,9 @@
     check(cfg)                   # every job validates cfg without running anything; raises ConfigError
 
 `cfg.jobs` lists what the run does, in order: `speed` and `distributed` (harness.bench), `probe` and
-`retrieval` (harness.retrieval). All of a run's rows land in one store part and one W&B run; the report is rewritten from
-the whole store at the end, so it always shows every job of the experiment so far.
+`retrieval` (harness.retrieval). All of a run's rows land in one store part; each job is one logger run (W&B:
+`<experiment>/<job>`), and the report, rewritten from the whole store at the end so it always shows every job of
+the experiment so far, is one more (`<experiment>/report`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .bench import run_distributed, run_speed
 from .config import ConfigError
-from .loggers import NullLogger
+from .loggers import NullLogger, rows_artifact
 from .retrieval.config import RetrievalConfigError
 from .store import ResultsStore, default_job_id
 
@@ -93,55 +94,73 @@ def check(cfg: DictConfig) -> list[Callable[..., object]]:
     if unknown:
         raise ConfigError(f"jobs={list(cfg.jobs)}: {unknown} not known; choose from: {', '.join(JOBS)}")
     if not cfg.name or cfg.name in (".", "..") or "/" in cfg.name or "\\" in cfg.name:
-        raise ConfigError(f"name={cfg.name!r} must be a plain folder name (results go to results_dir/name/); "
-                          f"to write elsewhere set results_dir")
+        raise ConfigError(f"name={cfg.name!r} must be a plain folder name (results go to paths.results_dir/name/); "
+                          f"to write elsewhere set paths.results_dir or paths.root_dir")
     jobs = [JOBS[name] for name in cfg.jobs]
     for job in jobs:
         job(cfg, check_only=True)
     try:
-        ResultsStore(cfg.results_dir, cfg.name).check_writable()
+        ResultsStore(cfg.paths.results_dir, cfg.name).check_writable()
     except PermissionError as error:
-        raise ConfigError(f"results_dir={cfg.results_dir}: {error}") from None
+        raise ConfigError(f"paths.results_dir={cfg.paths.results_dir}: {error}") from None
     return jobs
 
 
 def _hydra_job() -> tuple[str, int | None]:
+    """(the job's override string, its number in a multirun or None)."""
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
         job = HydraConfig.get().job
-        return (job.override_dirname or job.name), (job.get("num") if "num" in job else None)
-    return "shootout", None
+        return job.override_dirname, (job.get("num") if "num" in job else None)
+    return "", None
 
 
 def run(cfg: DictConfig, jobs: list[Callable[..., object]] | None = None) -> ResultsStore:
-    """Run cfg.jobs into one store part and one logger run; write the report; return the store."""
+    """Run cfg.jobs into one store part, each job tracked as its own logger run; then report from the whole store."""
+    import pandas as pd
     from rich.console import Console
 
+    from .report.tables import headline_metrics, print_job_summary
+
     jobs = jobs if jobs is not None else check(cfg)
-    job_name, job_num = _hydra_job()
+    overrides, job_num = _hydra_job()
     job_id = f"{default_job_id()}-{'' if job_num is None else f'j{job_num}-'}{uuid.uuid4().hex[:6]}"
-    store = ResultsStore(cfg.results_dir, cfg.name, job_id=job_id)
+    store = ResultsStore(cfg.paths.results_dir, cfg.name, job_id=job_id)
     # Under torchrun every rank runs this; rank 0 alone tracks the run and writes the merged results and report.
     lead = int(os.environ.get("RANK", "0")) == 0
     logger = instantiate(cfg.logger) if lead else NullLogger()
     console = Console(stderr=True)
+    config = {**OmegaConf.to_container(cfg, resolve=True), "hydra_overrides": overrides, "job_id": job_id}
+    suffix = "" if job_num is None else f"#{job_num}"
+    for name, job in zip(cfg.jobs, jobs):
+        logger.start(config, cfg.name, name, f"{cfg.name}/{name}{suffix}")
+        try:
+            rows = job(cfg, store=store, logger=logger)
+            if isinstance(rows, pd.DataFrame) and not rows.empty:
+                if lead:
+                    print_job_summary(rows, console)
+                logger.log_rows(rows, name)
+                logger.log_summary(headline_metrics(rows))
+        finally:
+            logger.finish()
+    if not lead:
+        return store
+    frame = store.consolidate()
+    logger.start(config, cfg.name, "report", f"{cfg.name}/report{suffix}")
     try:
-        logger.start(OmegaConf.to_container(cfg, resolve=True), cfg.name, job_name)
-        for job in jobs:
-            job(cfg, store=store, logger=logger)
-        if not lead:
-            return store
-        frame = store.consolidate()
-        results = [store.dir / "results.parquet", store.dir / "results.csv"]
+        logger.use_artifacts([rows_artifact(cfg.name, name) for name in cfg.jobs])
+        logger.log_summary(headline_metrics(frame))
+        logger.log_files([store.dir / "results.parquet", store.dir / "results.csv"], name=f"results-{cfg.name}",
+                         kind="results")
         if cfg.report and not frame.empty:
             from .report import write_report
 
             report = write_report(store.dir, cfg.name)
             logger.log_images({p.stem: p for p in sorted((store.dir / "plots").glob("*.png"))})
-            results += [report, report.with_suffix(".html")]
+            logger.log_files([report, report.with_suffix(".html"), store.dir / "tables", store.dir / "plots"],
+                             name=f"report-{cfg.name}", kind="report")
             console.print(f"[bold]Report:[/bold] {report}  (and {report.with_suffix('.html').name})")
-        logger.log_files(results, name=f"results-{cfg.name}")
     finally:
         logger.finish()
     return store

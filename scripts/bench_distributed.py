@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
         print(f"{sys.argv[0]}: error: {error}", file=sys.stderr)
         return 2
     rank = int(os.environ["RANK"])
-    store = ResultsStore(cfg.results_dir, cfg.name, job_id=f"{default_job_id()}-rank{rank:04d}")
+    store = ResultsStore(cfg.paths.results_dir, cfg.name, job_id=f"{default_job_id()}-rank{rank:04d}")
     store.check_writable()
     run_distributed(cfg, store)  # returns after an end barrier that every rank passed
     if rank == 0:

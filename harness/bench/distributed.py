@@ -661,7 +661,6 @@ class _Reporter:
     def __init__(self, store: ResultsStore, logger: Any, console: Any) -> None:
         self.store, self.logger, self.console = store, logger, console
         self.rows: list[dict[str, Any]] = []
-        self.step = 0
 
     def point(self, point: DistPoint, rows: list[dict[str, Any]]) -> None:
         self.store.append(rows)
@@ -674,9 +673,8 @@ class _Reporter:
             predicted = sum(row["predicted_bytes_sent_forward"] + row["predicted_bytes_sent_backward"]
                             for row in rows)
             line += f", slowest rank {slowest * 1e3:.3g} ms, sent {sent} B in all (predicted {predicted})"
-            self.step += 1
-            self.logger.log_metrics({"latency_max_over_ranks_s": slowest, "bytes_sent_total": sent,
-                                     "seq_len": point.seq_len, "world_size": point.world_size}, step=self.step)
+            self.logger.log_curve(f"distributed/{point.variant}/world_size={point.world_size}", "seq_len",
+                                  point.seq_len, {"latency_max_over_ranks_s": slowest, "bytes_sent_total": sent})
         else:
             line += " | " + " | ".join(row["reason"] for row in rows if row.get("reason"))
         self.console.print(line, highlight=False, markup=False)

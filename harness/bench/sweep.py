@@ -223,7 +223,6 @@ class SpeedRun:
         self.rows: list[dict[str, Any]] = []  # recorded by this job
         self.table_rows: list[dict[str, Any]] = []  # every point of this job, resumed ones too, in order
         self.skipped_resume = 0
-        self.step = 0
 
     def ceiling(self, dtype: str) -> dict[str, Any]:
         key = (self.plan.device, dtype)
@@ -290,10 +289,11 @@ class SpeedRun:
         self.store.append(row)
         self.rows.append(row)
         self.table_rows.append(row)
-        self.step += 1
         if row["status"] == "ok":
-            self.logger.log_metrics({key: row[key] for key in LOGGED_METRICS if row.get(key) is not None}
-                                    | {"seq_len": point.seq_len}, step=self.step)
+            # One curve per variant and setting, against seq_len (batch, heads and head_dim are one per job).
+            curve = f"speed/{point.variant}/{point.pass_name}/{'causal' if point.causal else 'full'}/{point.dtype}"
+            self.logger.log_curve(curve, "seq_len", point.seq_len,
+                                  {key: row[key] for key in LOGGED_METRICS if row.get(key) is not None})
         return row
 
 
@@ -348,13 +348,17 @@ def run_search(run: SpeedRun, progress) -> None:
     task = progress.add_task("", total=None)
     for key, base in ladders.items():
         probes: list[tuple[int, str]] = []
+        latencies: dict[int, float | None] = {}
 
         def fits(seq_len: int) -> bool:
             point = replace(base, seq_len=seq_len)
             progress.update(task, description=f"max_seq_len search: {_describe(point)}")
             row = run.measure(point)
             progress.advance(task)
-            probes.append((seq_len, row["status"]))
+            # An ok point over the latency budget does not fit either: the budget, not a failure, limited it.
+            over_budget = row["status"] == "ok" and not _fits(row, limits.latency_budget_s)
+            probes.append((seq_len, "latency_budget" if over_budget else row["status"]))
+            latencies[seq_len] = row.get("latency_median_s")
             return _fits(row, limits.latency_budget_s)
 
         best, worst, seq_len = 0, None, limits.start
@@ -372,6 +376,13 @@ def run_search(run: SpeedRun, progress) -> None:
             else:
                 worst = middle
         limited_by = "limit" if worst is None else dict(probes)[worst]
+        if worst is None:
+            reason = f"every N up to benchmark.max_seq_len.limit={limits.limit} fits"
+        else:
+            fitted = f"largest fitting N={best}" if best else "no N fits"
+            reason = (f"{fitted}; N={worst} took {latencies[worst]:.3g} s, over the {limits.latency_budget_s:g} s "
+                      f"latency budget" if limited_by == "latency_budget" else
+                      f"{fitted}; N={worst} ended with status {limited_by}")
         identity = {"kind": "max_seq_len", **replace(base, seq_len=0).identity(),
                     "search": OmegaConf.to_container(limits, resolve=True)}
         row = {
@@ -380,8 +391,7 @@ def run_search(run: SpeedRun, progress) -> None:
             "batch": base.batch, "heads": base.heads, "head_dim": base.head_dim, "dtype": base.dtype,
             "causal": base.causal, "pass": base.pass_name, "device": base.device, "max_seq_len": best,
             "first_failing_seq_len": worst, "limited_by": limited_by, "probes": [list(p) for p in probes],
-            "reason": f"largest fitting N={best}; N={worst} ended with {limited_by}" if worst else
-                      f"every N up to the limit {limits.limit} fits",
+            "reason": reason,
             "config": run.config_json, "config_hash": config_hash(identity), **run.env,
             "experiment": run.store.experiment, "job_id": run.store.job_id,
         }
@@ -414,8 +424,6 @@ def run_speed(cfg: DictConfig, store: ResultsStore | None = None, logger: Any = 
         with Progress(*columns, console=console, transient=False) as progress:
             (run_search if plan.search else run_grid)(run, progress)
         job_rows = pd.DataFrame(run.rows)
-        if not job_rows.empty:
-            logger.log_rows(job_rows, name="speed")
         console.print(summary_table(pd.DataFrame(run.table_rows), len(job_rows), run.skipped_resume, store,
                                     time.perf_counter() - started))
         return job_rows
@@ -452,9 +460,10 @@ def summary_table(rows: pd.DataFrame, recorded: int, skipped_resume: int, store:
             number(row.get("fraction_of_peak"), 100.0, 1), number(row.get("peak_mem_bytes"), 2.0**-20, 1),
             ("resumed " if row.get("resumed") is True else "") + ("noisy " if row.get("noisy") else "")
             + ("above the GEMM ceiling " if (row.get("fraction_of_peak") or 0) > 1 else "")
-            + (row.get("reason") or "")[:60])
+            + (row.get("reason") or ""))  # in full: rich wraps the column, it never cuts a reason
     if not rows.empty and "max_seq_len" in set(rows["kind"]):
         for row in rows[rows["kind"] == "max_seq_len"].to_dict("records"):
             table.add_row(row["variant"], "", row["pass"], row["dtype"], str(row["causal"]),
-                          f"max {row['max_seq_len']}", "ok", "", "", "", "", "", "", row["reason"][:60])
+                          f"max {row['max_seq_len']}", f"limited by {row['limited_by']}", "", "", "", "", "", "",
+                          row["reason"])
     return table

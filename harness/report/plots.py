@@ -15,7 +15,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import matplotlib
 import numpy as np
@@ -90,6 +90,23 @@ class _Metric:
     column: str      # column of speed_summary
     label: str       # y-axis label, with units
     log: bool = True
+    # The interquartile band from the raw latency samples: "latency" (Q1..Q3 as they are), "rate" (a quantity
+    # inverse to latency, so its band is value x median / Q3 .. value x median / Q1), or None (one sample).
+    band: str | None = None
+
+
+def _flag(value: Any) -> bool:
+    """A stored boolean that may be None, NaN, numpy's bool or 0/1."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and bool(value)
+
+
+def _band(points: pd.DataFrame, metric: _Metric) -> tuple[pd.Series, pd.Series] | None:
+    if metric.band is None or "latency_q1_ms" not in points:
+        return None
+    q1, q3, median = points["latency_q1_ms"], points["latency_q3_ms"], points["latency_median_ms"]
+    if metric.band == "latency":
+        return q1, q3
+    return points[metric.column] * median / q3, points[metric.column] * median / q1
 
 
 def _facets(speed: pd.DataFrame, settings: tuple[str, ...] = tables.SPEED_SETTING_COLUMNS
@@ -119,7 +136,16 @@ def _seq_len_axis(ax, seq_lens: pd.Series) -> None:
         ticks = ticks[::2]
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticklabels([str(n) for n in ticks], rotation=30 if ticks and ticks[-1] >= 10000 else 0)
+    ax.set_xticklabels([_tokens(n) for n in ticks])
+
+
+def _tokens(n: int) -> str:
+    """4096 -> '4K', 1048576 -> '1M', 1536 -> '1.5K', 100 -> '100': binary units, as sequence lengths are quoted."""
+    for size, unit in ((2**20, "M"), (2**10, "K")):
+        if n >= size:
+            value = n / size
+            return f"{value:.3g}{unit}"
+    return str(n)
 
 
 def _plain_log_labels(axis) -> None:
@@ -216,10 +242,21 @@ def _draw_scaling_panel(ax, panel: pd.DataFrame, metric: _Metric, palette: Palet
         style = palette[variant]
         ok = points[(points["status"] == "ok") & points[metric.column].notna()]
         if len(ok):
-            ax.plot(ok["seq_len"], ok[metric.column], color=style.color, marker=style.marker,
-                    linestyle=style.linestyle, markersize=5, linewidth=1.6, zorder=3)
+            ax.plot(ok["seq_len"], ok[metric.column], color=style.color, linestyle=style.linestyle, linewidth=1.6,
+                    zorder=3)
+            # Noisy points (IQR > 10 % of the median) drawn hollow: the reader sees which numbers to distrust.
+            noisy = ok["noisy"].map(_flag) if "noisy" in ok else pd.Series(False, index=ok.index)
+            for hollow, group in ok.groupby(noisy, sort=False):
+                ax.plot(group["seq_len"], group[metric.column], linestyle="none", marker=style.marker,
+                        markersize=5.5, color=style.color, markerfacecolor="white" if hollow else style.color,
+                        markeredgewidth=1.3, zorder=4)
+            band = _band(ok, metric)
+            lo, hi = band if band is not None else (pd.Series(np.nan, ok.index), pd.Series(np.nan, ok.index))
+            if band is not None and lo.notna().any():
+                ax.fill_between(ok["seq_len"], lo, hi, color=style.color, alpha=0.2, linewidth=0, zorder=2)
             drawn += [dict(series=variant, panel=panel_title, metric=metric.column, x=float(x), y=float(y),
-                           status="ok") for x, y in zip(ok["seq_len"], ok[metric.column])]
+                           y_lo=float(a), y_hi=float(b), noisy=bool(n), status="ok")
+                      for x, y, a, b, n in zip(ok["seq_len"], ok[metric.column], lo, hi, noisy)]
         if variant not in variants_seen and (len(ok) or (points["status"] != "ok").any()):
             variants_seen.append(variant)
         for _, failed in points[points["status"] != "ok"].iterrows():
@@ -255,6 +292,16 @@ def _draw_scaling_panel(ax, panel: pd.DataFrame, metric: _Metric, palette: Palet
             line.set_gid(label)
         # The data decides the frame; a guide that climbs out of it is cut, not allowed to squash the data.
         ax.set_ylim(y_lo / 1.6, y_hi * 1.6)
+    if metric.column == "latency_median_ms" and "speedup_vs_dense" in panel:
+        # The number a shootout is about, on the plot: each variant's speed-up over dense at its largest N.
+        compared = panel[panel["speedup_vs_dense"].notna() & (panel["mechanism"] != "dense")]
+        for variant, points in compared.groupby("variant", sort=False):
+            last = points.sort_values("seq_len").iloc[-1]
+            ax.annotate(f"{last['speedup_vs_dense']:.2g}x", (last["seq_len"], last["latency_median_ms"]),
+                        xytext=(5, -2), textcoords="offset points", fontsize="small", color=palette[variant].color,
+                        va="top")
+            drawn.append(dict(series=variant, panel=panel_title, metric="speedup_vs_dense",
+                              x=float(last["seq_len"]), y=float(last["speedup_vs_dense"]), status="ok"))
     return drawn
 
 
@@ -272,9 +319,18 @@ def _draw_ceiling(ax, frame: pd.DataFrame, panel: pd.DataFrame) -> list[dict]:
                 xytext=(0, -3), textcoords="offset points", va="top", fontsize="small", color="0.2")
     values = pd.to_numeric(panel["useful_gflops_per_s"], errors="coerce")
     values = values[values > 0]
+    above = panel[panel["above_ceiling"].map(_flag)] if "above_ceiling" in panel else panel.iloc[:0]
+    if len(above):
+        ax.plot(above["seq_len"], above["useful_gflops_per_s"], linestyle="none", marker="o", markersize=12,
+                markerfacecolor="none", markeredgecolor="#d62728", markeredgewidth=1.6, zorder=5)
+        ax.annotate(f"{len(above)} point(s) above their own measured ceiling: stale ceiling", (0.02, 0.97),
+                    xycoords="axes fraction", va="top", fontsize="small", color="#d62728")
     low = float(values.min()) / 1.6 if len(values) else value / 100
-    ax.set_ylim(min(low, value / 1.6), value * 1.6)
-    return [dict(series="matmul ceiling", metric="useful_gflops_per_s", x=float("nan"), y=value, status="ok")]
+    high = max(value, float(values.max()) if len(values) else value) * 1.6
+    ax.set_ylim(min(low, value / 1.6), high)
+    return [dict(series="matmul ceiling", metric="useful_gflops_per_s", x=float("nan"), y=value, status="ok")] + [
+        dict(series="above ceiling", metric="useful_gflops_per_s", x=float(x), y=float(y), status="above_ceiling")
+        for x, y in zip(above["seq_len"], above["useful_gflops_per_s"])]
 
 
 def _legend(figure: Figure, palette: Palette, variants: list[str], statuses: set[str], guides: bool) -> None:
@@ -298,10 +354,12 @@ def plot_latency(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
     """The paper-style scaling plot: median latency against N, log-log, with ideal O(N) and O(N^2) slopes."""
     return _scaling_plot(
         frame, out_dir, palette, name="latency_vs_seq_len", title="Latency against sequence length",
-        metrics=[_Metric("latency_median_ms", "median latency (ms, log)")], guides=True,
-        caption="Median over repeats; a marker without a line is a point that failed (see legend), drawn at the "
-                "height where its variant's line stopped. Grey lines: ideal O(N) and O(N²) through the "
-                "smallest N.")
+        metrics=[_Metric("latency_median_ms", "median latency (ms, log)", band="latency")], guides=True,
+        caption="Median over repeats, shaded the interquartile range of the raw samples; a hollow marker is a "
+                "noisy point (IQR above 10 % of its median). A marker without a line is a point that failed "
+                "(see legend), drawn at the height where its variant's line stopped. Grey lines: ideal O(N) and "
+                "O(N²) through the smallest N. 'x' labels: speed-up over the fastest dense backend at the largest "
+                "N both measured.")
 
 
 def plot_memory(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
@@ -311,16 +369,20 @@ def plot_memory(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
         frame, out_dir, palette, name="memory_vs_seq_len", title="Peak memory against sequence length",
         metrics=[_Metric("peak_mem_mib", "peak memory (MiB, log)")],
         caption=f"Peak memory during the timed call{(' measured by ' + ', '.join(methods)) if methods else ''}; "
-                "failed points marked as in the latency plot.")
+                "one measurement per point (the high-water mark of the timed calls), so no band; hollow markers "
+                "are points whose latency was noisy; failed points marked as in the latency plot.")
 
 
 def plot_throughput(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
     return _scaling_plot(
         frame, out_dir, palette, name="throughput", title="Throughput and achieved FLOP/s",
-        metrics=[_Metric("tokens_per_s", "throughput (tokens/s, log)"),
-                 _Metric("useful_gflops_per_s", "achieved useful GFLOP/s (log)")], ceiling=True,
+        metrics=[_Metric("tokens_per_s", "throughput (tokens/s, log)", band="rate"),
+                 _Metric("useful_gflops_per_s", "achieved useful GFLOP/s (log)", band="rate")], ceiling=True,
         caption="Useful FLOPs count only the (query, key) pairs the mechanism defines (spec: 4·D per pair, "
-                "backward 2.5x forward); the dash-dot line is the matmul rate measured on the same machine.")
+                "backward 2.5x forward); the dash-dot line is the matmul rate measured on the same machine. "
+                "Shaded: the interquartile range of the raw latency samples, as a rate; hollow markers: noisy "
+                "points. A point above the ceiling is ringed in red and counted in the panel: the ceiling was "
+                "measured at a quieter moment than that point, so its fraction of the ceiling is not a bound.")
 
 
 # -------------------------------------------------------------------------------------- retrieval plots
@@ -375,8 +437,15 @@ def plot_retrieval_accuracy(frame: pd.DataFrame, out_dir: Path, palette: Palette
                     drawn += [dict(series=f"{variant} 95% interval", task=task, seq_len=seq_len, x=x, y=lo, y_hi=hi,
                                    status="interval")
                               for x, lo, hi in zip(band["x"], band["accuracy_ci_lo"], band["accuracy_ci_hi"])]
-                drawn += [dict(series=variant, task=task, seq_len=seq_len, x=x, y=y, status="ok")
-                          for x, y in zip(ok["x"], ok["accuracy"])]
+                if "binomial_ci_lo" in ok:  # the bucket's own sampling noise (Wilson), as error bars
+                    lo, hi = ok["binomial_ci_lo"], ok["binomial_ci_hi"]
+                    ax.errorbar(ok["x"], ok["accuracy"], yerr=[(ok["accuracy"] - lo).clip(lower=0).fillna(0),
+                                                               (hi - ok["accuracy"]).clip(lower=0).fillna(0)],
+                                fmt="none", ecolor=style.color, elinewidth=0.9, capsize=2.5, alpha=0.8)
+                else:
+                    lo = hi = pd.Series(np.nan, index=ok.index)
+                drawn += [dict(series=variant, task=task, seq_len=seq_len, x=x, y=y, y_lo=a, y_hi=b, status="ok")
+                          for x, y, a, b in zip(ok["x"], ok["accuracy"], lo, hi)]
                 # A bucket with failed rows is marked: at 0 when nothing in it produced an accuracy, else on
                 # its (partial) accuracy, so a reader knows the point stands on fewer queries.
                 for _, failed in points[points["status"] != "ok"].iterrows():
@@ -436,7 +505,8 @@ def plot_retrieval_accuracy(frame: pd.DataFrame, out_dir: Path, palette: Palette
     plot = Plot(name=name, title=title, figure=figure, data=pd.DataFrame(drawn),
                 caption="Solid: accuracy per distance bucket (queries at distance lo..hi inclusive), the mean over "
                         "seeds, drawn at the bucket's geometric centre; shaded, its 95 % t interval (none for one "
-                        "seed). Dashed, same colour: the share of "
+                        "seed); error bars, the 95 % Wilson interval of the bucket's items pooled over seeds (its sampling noise). "
+                        "Dashed, same colour: the share of "
                         "the bucket's items whose sources the stacked pattern can reach (the most a model could "
                         "get right beyond chance). Dotted verticals: the longest distance any token can travel "
                         "(not drawn for dense, which reaches the whole sequence). Grey dash-dot: chance.")
@@ -989,9 +1059,52 @@ def plot_attention_patterns(frame: pd.DataFrame, out_dir: Path, palette: Palette
     return _save(plot, out_dir)
 
 
+def plot_max_seq_len(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
+    """One bar per search: the largest N that fitted (log2 axis), labelled with what stopped the search."""
+    name, title = "max_seq_len", "Largest sequence length that fits, and what limited it"
+    searches = tables.max_seq_len_summary(frame)
+    if searches.empty:
+        return _skip(name, title, "no max_seq_len search ran (experiment=max_seq_len)")
+    settings = [c for c in ("pass", "dtype", "causal") if searches[c].nunique(dropna=False) > 1]
+    labels = [variant + "".join(f", {c}={tables.format_value(row[c])}" for c in settings)
+              for variant, (_, row) in zip(searches["variant"], searches.iterrows())]
+    fitted = searches["max_seq_len"].fillna(0).astype(int)
+    with _theme():
+        figure = _new_figure(8.0, 0.9 + 0.55 * len(searches))
+        ax = figure.subplots()
+        y = np.arange(len(searches))[::-1]
+        # a search where even the first N did not fit gets a stub bar at 1, labelled, not a missing one
+        ax.barh(y, np.maximum(fitted, 1), color=[palette[v].color for v in searches["variant"]], height=0.6)
+        for yi, n, limit, worst in zip(y, fitted, searches["limited_by"], searches["first_failing_seq_len"]):
+            note = f"{n:,}  (reached the limit)" if limit == "limit" else \
+                f"{n:,}  (N={int(worst):,}: {limit})" if pd.notna(worst) else f"{n:,}"
+            ax.text(max(n, 1) * 1.08, yi, note, va="center", fontsize="small")
+        from matplotlib.ticker import FixedLocator, NullLocator
+
+        ax.set_xscale("log", base=2)
+        left = max(1, int(fitted[fitted > 0].min()) // 4 if (fitted > 0).any() else 1)
+        right = max(2, int(fitted.max())) * 16  # room for the label right of the longest bar
+        ax.set_xlim(left=left, right=right)
+        ticks = [4 ** e for e in range(16) if left <= 4 ** e <= right]
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([_tokens(t) for t in ticks])
+        ax.set_yticks(y, labels)
+        ax.set_xlabel("largest N that fits (tokens)")
+        figure.suptitle(title, fontsize="large", x=0.02, ha="left")
+    plot = Plot(name=name, title=title, figure=figure,
+                data=searches[["variant", "pass", "dtype", "causal", "max_seq_len", "first_failing_seq_len",
+                               "limited_by"]],
+                caption="Doubling from benchmark.max_seq_len.start, then bisection to its resolution. In brackets: "
+                        "the first N that did not fit and why (a status such as oom or timeout, or latency_budget: "
+                        "it ran, slower than benchmark.max_seq_len.latency_budget_s); 'reached the limit': every N "
+                        "up to benchmark.max_seq_len.limit fitted.")
+    return _save(plot, out_dir)
+
+
 PLOTS = (plot_latency, plot_memory, plot_throughput, plot_retrieval_accuracy, plot_learning_curves, plot_retrieval_noise,
          plot_passkey_heatmap, plot_pareto,
-         plot_probe, plot_distributed, plot_attention_patterns)
+         plot_max_seq_len, plot_probe, plot_distributed, plot_attention_patterns)
 
 
 def make_plots(frame: pd.DataFrame, out_dir: Path, palette: Palette | None = None) -> list[Plot]:

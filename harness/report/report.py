@@ -81,7 +81,8 @@ def environment_of(frame: pd.DataFrame, env: Mapping[str, Any] | None) -> dict[s
     return out
 
 
-KIND_SECTIONS = {"perf_target": "Performance targets", "speed": "Speed", "retrieval": "Retrieval",
+KIND_SECTIONS = {"perf_target": "Performance targets", "speed": "Speed", "max_seq_len": "Largest sequence length",
+                 "retrieval": "Retrieval",
                  "probe": "Probe", "distributed": "Distributed (sequence-parallel)"}
 
 
@@ -129,6 +130,15 @@ def _sections(frame: pd.DataFrame, plots: list[Plot], env: dict[str, str]) -> li
             "All speed points", text="Also in tables/speed_summary.csv. noisy: IQR above 10 % of the median.",
             table=speed.drop(columns=["mechanism", "backend", "params"])))
         sections.append(speed_section)
+
+    searches = tables.max_seq_len_summary(frame)
+    if not searches.empty:
+        sections.append(Section(KIND_SECTIONS["max_seq_len"], children=[
+            Section(by_name["max_seq_len"].title, plot=by_name["max_seq_len"]),
+            Section("Searches", table=searches,
+                    text="One row per variant and setting: max_seq_len fitted (ran ok within the latency budget), "
+                         "first_failing_seq_len did not; limited_by names why (a status, latency_budget, or "
+                         "limit). Each probe is also a speed row. Also in tables/max_seq_len_summary.csv.")]))
 
     retrieval = tables.retrieval_summary(frame)
     if not retrieval.empty:
@@ -287,6 +297,7 @@ def write_report(store_dir: Path, experiment: str, env: dict | None = None) -> P
     tables_dir.mkdir(parents=True, exist_ok=True)
     written = {
         "speed_summary": tables.speed_summary(frame),
+        "max_seq_len_summary": tables.max_seq_len_summary(frame),
         "retrieval_summary": tables.retrieval_summary(frame),
         "retrieval_headline": tables.retrieval_headline(frame),
         "retrieval_noise": tables.retrieval_noise(frame),

@@ -6,6 +6,7 @@ returns a new frame with documented columns; `to_markdown` and `print_summary` o
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Iterable
 
@@ -18,8 +19,9 @@ from .palette import add_variant_column, variant_order
 # Columns of speed_summary(), in order (README "Report tables").
 SPEED_SUMMARY_COLUMNS = (
     "variant", "mechanism", "backend", "params", "pass", "dtype", "causal", "device", "batch", "heads",
-    "head_dim", "seq_len", "status", "latency_median_ms", "latency_iqr_ms", "noisy", "tokens_per_s", "peak_mem_mib",
-    "useful_gflops_per_s", "fraction_of_peak", "speedup_vs_dense", "reason",
+    "head_dim", "seq_len", "status", "latency_median_ms", "latency_iqr_ms", "latency_q1_ms", "latency_q3_ms", "noisy",
+    "tokens_per_s", "peak_mem_mib", "useful_gflops_per_s", "fraction_of_peak", "above_ceiling", "speedup_vs_dense",
+    "reason",
 )
 # What makes two speed points comparable apart from the variant and N: speed-up over dense is taken within it.
 SPEED_SETTING_COLUMNS = ("pass", "dtype", "causal", "device", "batch", "heads", "head_dim")
@@ -28,7 +30,8 @@ SPEED_SETTING_COLUMNS = ("pass", "dtype", "causal", "device", "batch", "heads", 
 # Accuracy cells are the mean over the seeds of the learning rate the sweep kept, with a 95 % t interval.
 RETRIEVAL_SUMMARY_COLUMNS = (
     "task", "variant", "name", "mechanism", "backend", "params", "seq_len", "distance_lo", "distance_hi", "bucket",
-    "accuracy", "accuracy_ci_lo", "accuracy_ci_hi", "seeds", "reachable_fraction", "chance", "count",
+    "accuracy", "accuracy_ci_lo", "accuracy_ci_hi", "binomial_ci_lo", "binomial_ci_hi", "seeds", "reachable_fraction",
+    "chance", "count",
     "theoretical_reach", "status",
 )
 # One row per variant and evaluated N: what separates the pattern from the training (retrieval_headline).
@@ -125,6 +128,19 @@ def _numeric(series: pd.Series) -> pd.Series:
     return pd.to_numeric(series, errors="coerce")
 
 
+def _quartiles(samples: Any) -> tuple[float, float]:
+    """(Q1, Q3) in seconds of a row's raw latency samples (a JSON list or a list); NaN where none were kept."""
+    if isinstance(samples, str):
+        try:
+            samples = json.loads(samples)
+        except ValueError:
+            return math.nan, math.nan
+    if samples is None or isinstance(samples, float) or len(samples) == 0:
+        return math.nan, math.nan
+    q1, q3 = np.percentile(np.asarray(samples, dtype=float), [25, 75])
+    return float(q1), float(q3)
+
+
 def speed_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per speed point: latency, throughput, memory, FLOP/s, share of the matmul ceiling, speed-up.
 
@@ -141,12 +157,18 @@ def speed_summary(frame: pd.DataFrame) -> pd.DataFrame:
     latency = _numeric(_column(rows, "latency_median_s")).where(ok)
     out["latency_median_ms"] = latency * 1e3
     out["latency_iqr_ms"] = _numeric(_column(rows, "latency_iqr_s")).where(ok) * 1e3
+    quartiles = [_quartiles(samples) for samples in _column(rows, "latency_times_s", None)]
+    out["latency_q1_ms"] = pd.Series([q[0] * 1e3 for q in quartiles], index=rows.index).where(ok)
+    out["latency_q3_ms"] = pd.Series([q[1] * 1e3 for q in quartiles], index=rows.index).where(ok)
     # The runner's flag (IQR > 10 % of the median, torch.utils.benchmark's rule); None where it was not recorded.
     out["noisy"] = _column(rows, "noisy", None).where(ok, None)
     out["tokens_per_s"] = _numeric(_column(rows, "tokens_per_s")).where(ok)
     out["peak_mem_mib"] = _numeric(_column(rows, "peak_mem_bytes")).where(ok) / MIB
     out["useful_gflops_per_s"] = _numeric(_column(rows, "flops_per_s")).where(ok) / 1e9
     out["fraction_of_peak"] = _numeric(_column(rows, "fraction_of_peak")).where(ok)
+    # Above 1 the ceiling was measured at a quieter moment than the point (or is not this kernel's bound): flagged,
+    # never silently shown as more than the machine's matmul rate.
+    out["above_ceiling"] = out["fraction_of_peak"] > 1.0
     out["reason"] = _column(rows, "reason", "").fillna("")
 
     keys = [c for c in (*SPEED_SETTING_COLUMNS, "seq_len") if out[c].notna().any()]
@@ -304,10 +326,11 @@ def _per_run_accuracy(group: pd.DataFrame) -> list[float]:
 
 def retrieval_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Accuracy per task, variant, N and distance bucket: the mean over the kept runs (seeds) of each run's
-    accuracy in the bucket, its 95 % t interval (none for one seed), next to what the pattern allows:
+    accuracy in the bucket, its 95 % t interval (none for one seed) and the 95 % Wilson interval of the bucket's
+    items pooled over the runs (binomial_ci_*: how many items the bucket stands on), next to what the pattern allows:
     reachable_fraction (share of the bucket's items whose sources the stacked pattern can reach), theoretical_reach
     (the longest distance any token travels) and chance."""
-    from ..retrieval.protocol import mean_interval
+    from ..retrieval.protocol import binomial_interval, mean_interval
 
     rows = retrieval_rows(frame)
     if rows.empty:
@@ -319,9 +342,12 @@ def retrieval_summary(frame: pd.DataFrame) -> pd.DataFrame:
     for key, group in rows.groupby(keys, dropna=False, sort=False):
         runs = _per_run_accuracy(group)
         mean, low, high = mean_interval(runs)
+        pooled_accuracy, pooled_count = _weighted_accuracy(group)
+        binomial = binomial_interval(pooled_accuracy * pooled_count, pooled_count)
         record = dict(zip(keys, key))
         record.update(name=_first(group["name"]), bucket=bucket_label(record["distance_lo"], record["distance_hi"]),
-                      accuracy=mean, accuracy_ci_lo=low, accuracy_ci_hi=high, seeds=len(runs),
+                      accuracy=mean, accuracy_ci_lo=low, accuracy_ci_hi=high, binomial_ci_lo=binomial[0],
+                      binomial_ci_hi=binomial[1], seeds=len(runs),
                       reachable_fraction=_weighted_mean(group, "reachable_fraction")[0],
                       chance=_numeric(group["chance"]).max(), count=_weighted_accuracy(group)[1],
                       theoretical_reach=_numeric(group["theoretical_reach"]).max(),
@@ -729,6 +755,85 @@ def latency_wide(speed: pd.DataFrame) -> pd.DataFrame:
     wide = wide.sort_values([c for c in index if c != "variant"] + ["variant"], kind="stable")
     wide["variant"] = wide["variant"].astype(str)
     return wide.reset_index(drop=True)
+
+
+MAX_SEQ_LEN_COLUMNS = ("variant", "pass", "dtype", "causal", "device", "batch", "heads", "head_dim", "max_seq_len",
+                       "first_failing_seq_len", "limited_by", "reason")
+
+
+def max_seq_len_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per max_seq_len search: the largest N that fitted, the first that did not, and what stopped it
+    (a status such as oom or timeout, latency_budget, or limit: the search reached benchmark.max_seq_len.limit)."""
+    rows = rows_of_kind(frame, "max_seq_len")
+    if rows.empty:
+        return pd.DataFrame(columns=list(MAX_SEQ_LEN_COLUMNS))
+    # A search spans several probes and may run several backends; its label names the backend it asked for.
+    requested = _column(rows, "backend_requested", None).map(lambda b: None if b in (None, "auto") or b != b else b)
+    rows = add_variant_column(rows.assign(backend=_column(rows, "backend", None).fillna(requested)))
+    out = pd.DataFrame({name: _column(rows, name, None) for name in MAX_SEQ_LEN_COLUMNS})
+    out["max_seq_len"] = _numeric(out["max_seq_len"]).astype("Int64")
+    out["first_failing_seq_len"] = _numeric(out["first_failing_seq_len"]).astype("Int64")
+    return _sort_by_variant(out, rows, ["pass"], [])[list(MAX_SEQ_LEN_COLUMNS)]
+
+
+def headline_metrics(frame: pd.DataFrame) -> dict[str, float]:
+    """The numbers a tracked run's summary shows, as flat keys.
+
+    speed/<variant>/<pass>/<causal|full>/<dtype>/speedup_vs_dense (and .../seq_len): at the largest N that
+    variant and dense both measured ok; max_seq_len/<variant>/<pass>/<causal|full>/<dtype>/max_seq_len; retrieval/<task>/<variant>/N=<n>/within_reach, .../beyond_reach and
+    .../of_ceiling: the means of retrieval_headline.
+    """
+    out: dict[str, float] = {}
+    speed = speed_summary(frame)
+    compared = speed[speed["speedup_vs_dense"].notna() & (speed["mechanism"] != "dense")]
+    for _, row in compared.sort_values("seq_len").groupby(["variant", "pass", "causal", "dtype"], sort=False,
+                                                          dropna=False).tail(1).iterrows():
+        key = f"speed/{row['variant']}/{row['pass']}/{'causal' if row['causal'] else 'full'}/{row['dtype']}"
+        out[f"{key}/speedup_vs_dense"] = float(row["speedup_vs_dense"])
+        out[f"{key}/seq_len"] = int(row["seq_len"])
+    for _, row in max_seq_len_summary(frame).iterrows():
+        key = f"max_seq_len/{row['variant']}/{row['pass']}/{'causal' if row['causal'] else 'full'}/{row['dtype']}"
+        out[f"{key}/max_seq_len"] = int(row["max_seq_len"]) if pd.notna(row["max_seq_len"]) else 0
+    for _, row in retrieval_headline(frame).iterrows():
+        key = f"retrieval/{row['task']}/{row['variant']}/N={int(row['seq_len'])}"
+        for name in ("within_reach", "beyond_reach", "of_ceiling"):
+            if pd.notna(row[name]):
+                out[f"{key}/{name}"] = float(row[name])
+    return out
+
+
+def print_job_summary(rows: pd.DataFrame, console: Any = None) -> None:
+    """What a job found, printed when it ends: the retrieval headline per variant and N (with its verdict), the
+    probe's mismatches per variant. Speed and max_seq_len jobs print their own table as they end; long texts
+    wrap, they are never cut."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(stderr=True)
+    headline = retrieval_headline(rows)
+    if not headline.empty:
+        table = Table(title="retrieval: accuracy within and beyond each pattern's reach (mean, 95 % interval, "
+                            "[share of items]); of ceiling = accuracy / the pattern's ceiling")
+        for name in ("variant", "N", "within reach", "beyond reach", "of ceiling", "converged", "verdict"):
+            table.add_column(name, justify="right" if name in ("N", "of ceiling") else "left",
+                             overflow="fold", ratio=3 if name == "verdict" else None)
+        cells = retrieval_headline_cells(headline)
+        for (_, row), (_, cell) in zip(headline.iterrows(), cells.iterrows()):
+            table.add_row(str(row["variant"]), str(int(row["seq_len"])), str(cell["within reach [share]"]),
+                          str(cell["beyond reach [share]"]), format_value(row["of_ceiling"]), str(row["converged"]),
+                          str(row["verdict"]))
+        console.print(table)
+    probe = probe_summary(rows)
+    if not probe.empty:
+        per_variant = probe.assign(mismatches=_numeric(probe["mismatches"]).fillna(0)).groupby(
+            "variant", sort=False).agg(mismatches=("mismatches", "sum"), status=("status", _status_of))
+        table = Table(title="probe: (query, key, head) triples that disagree with the spec (must be 0)")
+        for name in ("variant", "mismatches", "status"):
+            table.add_column(name, justify="right" if name == "mismatches" else "left")
+        for variant, row in per_variant.iterrows():
+            bad = row["mismatches"] > 0 or row["status"] != "ok"
+            table.add_row(str(variant), f"{'[red]' if bad else ''}{int(row['mismatches'])}", str(row["status"]))
+        console.print(table)
 
 
 def print_summary(frame: pd.DataFrame, console: Any = None) -> None:

@@ -69,6 +69,20 @@ def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE,
     return mean, max(float(low), bounds[0]), min(float(high), bounds[1])
 
 
+def binomial_interval(correct: float, count: float, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval of a proportion correct / count: the sampling noise of one bucket's items, which
+    the interval over seeds does not show (and which is all there is with one seed). (NaN, NaN) for no items."""
+    from scipy.stats import norm
+
+    if not count or count <= 0 or math.isnan(count):
+        return math.nan, math.nan
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = correct / count
+    centre = (p + z * z / (2 * count)) / (1 + z * z / count)
+    half = z * math.sqrt(p * (1 - p) / count + z * z / (4 * count * count)) / (1 + z * z / count)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def select_lr(runs: pd.DataFrame) -> pd.Series:
     """The learning rate kept per sweep: best validation accuracy at the sweep's first seed.
 

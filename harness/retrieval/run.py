@@ -103,7 +103,6 @@ def run_probe(attention_variants: list[Any], probe_cfg: Any, store: ResultsStore
         store.append(rows)
         frames.append(pd.DataFrame(rows))
     frame = pd.concat(frames, ignore_index=True)
-    logger.log_rows(frame, name="probe")
     return frame
 
 
@@ -226,7 +225,8 @@ def _train_and_evaluate(attention: dict[str, Any], cfg: RetrievalConfig, sweep: 
         try:
             result = train_model(model, cfg, device, lr=lr, seed=seed, val_batches=val_batches,
                                  val_ceiling=val_ceiling, chance=chance_accuracy(cfg.task), logger=logger,
-                                 description=f"{name} lr={lr:g} seed={seed}")
+                                 description=f"{name} lr={lr:g} seed={seed}",
+                                 curve_name=f"retrieval/{name}/lr={lr:g}/seed={seed}")
         except torch.OutOfMemoryError as error:
             rows = [{**base, **env, "status": "oom", "reason": str(error).splitlines()[0],
                      "backend": attention["backend"]}]
@@ -240,9 +240,7 @@ def _train_and_evaluate(attention: dict[str, Any], cfg: RetrievalConfig, sweep: 
     finally:
         torch.set_num_threads(previous_threads)
     store.append(rows)
-    frame = pd.DataFrame(rows)
-    logger.log_rows(frame, name="retrieval")
-    return frame
+    return pd.DataFrame(rows)
 
 
 def _training_unsupported(attention: dict[str, Any], device: torch.device, dtype: torch.dtype,

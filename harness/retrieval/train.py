@@ -126,12 +126,13 @@ def learning_rate(step: int, cfg: RetrievalConfig, lr: float) -> float:
 
 def train_model(model: TinyDecoder, cfg: RetrievalConfig, device: torch.device, *, lr: float, seed: int,
                 val_batches: Sequence[RetrievalBatch], val_ceiling: float = 1.0, chance: float = 0.0,
-                logger: Optional[Logger] = None, description: str = "train") -> TrainResult:
+                logger: Optional[Logger] = None, description: str = "train",
+                curve_name: str = "train") -> TrainResult:
     """Train in place at rate `lr` on seed `seed`'s stream; returns when a stopping rule holds (TrainConfig).
 
     val_ceiling: the most the pattern allows on `val_batches` (protocol.ceiling); reaching it within
     train.ceiling_margin stops the run; chance: the guessing accuracy, below whose neighbourhood a flat curve is a
-    run that has not started, not a plateau. Metrics go to logger.log_metrics."""
+    run that has not started, not a plateau. Each step's metrics go to the logger as the curve `curve_name`."""
     logger = logger or NullLogger()
     task, train = cfg.task, cfg.train
     train_rng = seed_stream(seed, "train")
@@ -174,7 +175,7 @@ def train_model(model: TinyDecoder, cfg: RetrievalConfig, device: torch.device, 
                     [v for _, v, _ in curve], train.plateau_patience, train.plateau_min_delta,
                     floor=learning_floor(chance, val_ceiling, train.plateau_min_progress))
             metrics["train/seconds"] = time.perf_counter() - start
-            logger.log_metrics(metrics, step=step)
+            logger.log_curve(curve_name, "step", step, metrics)
             history.append({"step": step, **metrics})
             # postfix first and without its own refresh, so redraws follow update()'s mininterval
             bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{accuracy:.2f}", val=f"{val_accuracy:.2f}", refresh=False)

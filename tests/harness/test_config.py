@@ -40,12 +40,12 @@ def _available_here(option: str) -> bool:
 
 @pytest.mark.parametrize("option", [o for o in group_options("attention") if _available_here(o)])
 def test_every_runnable_attention_option_passes_the_checks(option, tmp_path):
-    check(compose([f"attention={option}", f"results_dir={tmp_path}", "benchmark.seq_lens=[4096]"]))
+    check(compose([f"attention={option}", f"paths.results_dir={tmp_path}", "benchmark.seq_lens=[4096]"]))
 
 
 @pytest.mark.parametrize("option", group_options("experiment"))
 def test_every_experiment_preset_passes_the_checks(option, tmp_path):
-    overrides = [f"experiment={option}", f"results_dir={tmp_path}"]
+    overrides = [f"experiment={option}", f"paths.results_dir={tmp_path}"]
     if not torch.cuda.is_available():  # a GPU preset is checked here as it would be on a GPU, but on the CPU
         cfg = compose(overrides)
         overrides += [f"{key}=cpu" for key in ("train.device", "probe.device", "benchmark.device")
@@ -104,7 +104,7 @@ def test_bad_command_lines_exit_2_with_one_line(argv, message, monkeypatch, caps
 def test_unwritable_results_dir_exits_2(tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("results cannot go under a file")  # unwritable even for root, unlike chmod
-    monkeypatch.setattr("sys.argv", ["shootout", f"results_dir={blocker / 'results'}"])
+    monkeypatch.setattr("sys.argv", ["shootout", f"paths.results_dir={blocker / 'results'}"])
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2 and "is not writable" in capsys.readouterr().err

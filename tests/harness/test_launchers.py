@@ -23,7 +23,7 @@ TINY_SPEED = ["benchmark=quick", "benchmark.seq_lens=[64]", "benchmark.passes=[f
 
 def _multirun(tmp_path: Path, sweep_dir: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "harness", "-m", "hydra/launcher=parallel",
-               "attention=dense_sdpa,dilated_gather", *TINY_SPEED, f"results_dir={tmp_path}", "name=launched",
+               "attention=dense_sdpa,dilated_gather", *TINY_SPEED, f"paths.results_dir={tmp_path}", "name=launched",
                f"hydra.sweep.dir={tmp_path}/{sweep_dir}"]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180)
 

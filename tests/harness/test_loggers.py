@@ -19,11 +19,13 @@ def offline(monkeypatch, tmp_path):
 
 def test_null_logger_accepts_every_call():
     logger = NullLogger()
-    logger.start({}, "e", "j")
-    logger.log_metrics({"a": 1.0}, step=0)
-    logger.log_rows(pd.DataFrame({"a": [1]}))
+    logger.start({}, "e", "j", "e/j")
+    logger.log_curve("c", "step", 0, {"a": 1.0})
+    logger.log_summary({"a": 1.0})
+    logger.log_rows(pd.DataFrame({"a": [1]}), "j")
     logger.log_images({})
     logger.log_files([], "x")
+    logger.use_artifacts(["rows-e-j"])
     logger.finish()
 
 
@@ -31,11 +33,11 @@ def test_offline_wandb_run_holds_config_and_results_table(offline, capsys):
     results = offline / "results.csv"
     results.write_text("variant,latency\nfixture,1\n")
     logger = WandbLogger(dir=offline, tags=("test",))
-    logger.start({"experiment": "fixture", "marker": "config-marker-7f3a"}, "fixture", "job-1")
+    logger.start({"experiment": "fixture", "marker": "config-marker-7f3a"}, "fixture", "speed", "fixture/speed")
     assert logger.run is not None
-    logger.log_metrics({"train/loss": 0.5}, step=1)
+    logger.log_curve("train", "step", 1, {"loss": 0.5})
     logger.log_rows(pd.DataFrame({"variant": ["dense (sdpa)", "dilated (gather)"], "latency_median_s": [0.1, 0.2],
-                                  "params": ["{}", None]}), "results")
+                                  "params": ["{}", None]}), "speed")
     logger.log_files([results], "results-fixture")
     logger.finish()
     assert logger.run is None
@@ -44,9 +46,9 @@ def test_offline_wandb_run_holds_config_and_results_table(offline, capsys):
     runs = list((offline / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     run = runs[0]
-    assert str(run) in out
+    assert f"wandb sync {run.parent}/offline-run-*" in out  # every run of the job: speed, ..., report
     assert b"config-marker-7f3a" in next(run.glob("run-*.wandb")).read_bytes()
-    table_files = list(run.glob("files/media/table/results_*.table.json"))
+    table_files = list(run.glob("files/media/table/speed/rows_*.table.json"))
     assert len(table_files) == 1
     table = json.loads(table_files[0].read_text().replace("NaN", "null"))
     assert table["columns"] == ["variant", "latency_median_s", "params"]
@@ -57,7 +59,7 @@ def test_each_job_gets_its_own_run(offline):
     names = []
     for job in ("job-a", "job-b"):
         logger = WandbLogger(dir=offline)
-        logger.start({"job": job}, "fixture", job)
+        logger.start({"job": job}, "fixture", job, job)
         names.append((logger.run.name, logger.run.id, logger.run.group))
         logger.finish()
     assert [n[0] for n in names] == ["job-a", "job-b"] and names[0][1] != names[1][1]
@@ -74,23 +76,23 @@ def test_wandb_errors_warn_and_never_fail_the_run(offline, monkeypatch):
     monkeypatch.setattr(wandb, "init", unreachable)
     logger = WandbLogger(dir=offline)
     with pytest.warns(RuntimeWarning, match="unreachable"):
-        logger.start({}, "fixture", "job")
+        logger.start({}, "fixture", "job", "fixture/job")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no run: the remaining calls are silent no-ops
-        logger.log_metrics({"a": 1.0})
-        logger.log_rows(pd.DataFrame({"a": [1]}))
+        logger.log_curve("c", "step", 1, {"a": 1.0})
+        logger.log_rows(pd.DataFrame({"a": [1]}), "job")
         logger.finish()
 
 
 def test_a_failing_log_call_warns_and_keeps_going(offline):
     logger = WandbLogger(dir=offline)
-    logger.start({}, "fixture", "job")
+    logger.start({}, "fixture", "job", "fixture/job")
     with pytest.warns(RuntimeWarning, match="log_images"):
         logger.log_images({"broken": Path(__file__)})  # not an image: wandb raises, the logger warns
-    logger.log_metrics({"a": 1.0})
+    logger.log_curve("c", "step", 1, {"a": 1.0})
     logger.finish()
 
 
 def test_bad_mode_is_rejected_before_any_work():
-    with pytest.raises(ValueError, match="mode='onlin'"):
+    with pytest.raises(ValueError, match="logger.mode='onlin'"):
         WandbLogger(mode="onlin")

@@ -22,7 +22,7 @@ SHRINK = ["benchmark.heads=2", "benchmark.head_dim=16", "benchmark.warmup=0", "b
 def test_two_point_multirun_end_to_end(tmp_path):
     # inline measurement keeps this to one interpreter start; the process worker has its own test.
     command = [sys.executable, "-m", "harness", "-m", "attention=dense_sdpa,dilated_gather", "benchmark=quick",
-               "benchmark.seq_lens=[64]", "benchmark.passes=[forward]", *SHRINK, f"results_dir={tmp_path}",
+               "benchmark.seq_lens=[64]", "benchmark.passes=[forward]", *SHRINK, f"paths.results_dir={tmp_path}",
                "name=e2e", f"hydra.sweep.dir={tmp_path}/multirun"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -46,7 +46,7 @@ def test_every_experiment_preset_runs_shrunk(option, tmp_path):
     shrink = ["benchmark.seq_lens=[64]", "benchmark.passes=[forward_backward]", "benchmark.causal=[false]",
               "benchmark.max_seq_len.start=64", "benchmark.max_seq_len.limit=64", *SHRINK, *RETRIEVAL_SHRINK,
               "report=false"]
-    cfg = compose([f"experiment={option}", f"results_dir={tmp_path}", *shrink])
+    cfg = compose([f"experiment={option}", f"paths.results_dir={tmp_path}", *shrink])
     rows = run(cfg).read_job()
     variants = 1 + len(cfg.variants)
     assert set(rows["kind"]) >= {"probe" if job == "probe" else job for job in cfg.jobs}

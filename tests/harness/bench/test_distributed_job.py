@@ -50,8 +50,8 @@ def kill_or_hang(point: dict, rank: int) -> None:
 
 
 def _run(tmp_path: Path, *overrides: str) -> tuple[pd.DataFrame, float]:
-    cfg = compose([*TINY, f"results_dir={tmp_path}", *overrides])
-    store = ResultsStore(cfg.results_dir, cfg.name, job_id=f"job{len(list(tmp_path.rglob('*.parquet')))}")
+    cfg = compose([*TINY, f"paths.results_dir={tmp_path}", *overrides])
+    store = ResultsStore(cfg.paths.results_dir, cfg.name, job_id=f"job{len(list(tmp_path.rglob('*.parquet')))}")
     started = time.monotonic()
     rows = run_distributed(cfg, store)
     return rows, time.monotonic() - started
@@ -140,11 +140,11 @@ def test_store_is_readable_and_a_rerun_measures_only_the_failed_points(faulty_ru
 ])
 def test_bad_config_fails_before_anything_runs(override, message, tmp_path):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        plan_distributed(compose([*TINY, f"results_dir={tmp_path}", override]))
+        plan_distributed(compose([*TINY, f"paths.results_dir={tmp_path}", override]))
 
 
 def test_plan_orders_points_and_settings_come_from_benchmark(tmp_path):
-    plan = plan_distributed(compose([*TINY, f"results_dir={tmp_path}", "distributed.world_sizes=[2,4]"]))
+    plan = plan_distributed(compose([*TINY, f"paths.results_dir={tmp_path}", "distributed.world_sizes=[2,4]"]))
     assert plan.launcher == "spawn" and plan.dist_backend == "gloo" and plan.world_sizes == [2, 4]
     assert [(p.world_size, p.variant, p.seq_len) for p in plan.points][:4] == [
         (2, "dense", 32), (2, "dense", 48), (2, "dense", 64), (2, "dilated", 32)]
@@ -155,7 +155,7 @@ def test_plan_orders_points_and_settings_come_from_benchmark(tmp_path):
 def test_shootout_under_torchrun_joins_the_group(tmp_path):
     """`torchrun -m harness experiment=distributed`: each rank runs the job in torchrun's group, one part each."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "harness", *TINY, "benchmark.seq_lens=[32]", "~variants.window", f"results_dir={tmp_path}",
+               "-m", "harness", *TINY, "benchmark.seq_lens=[32]", "~variants.window", f"paths.results_dir={tmp_path}",
                f"hydra.run.dir={tmp_path}/outputs"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180, env=env)

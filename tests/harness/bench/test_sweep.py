@@ -16,7 +16,7 @@ TINY = ["benchmark=quick", "benchmark.heads=2", "benchmark.head_dim=16", "benchm
 
 
 def run(tmp_path, *overrides):
-    cfg = compose([*TINY, f"results_dir={tmp_path}", "name=t", *overrides])
+    cfg = compose([*TINY, f"paths.results_dir={tmp_path}", "name=t", *overrides])
     store = run_job(cfg)
     return store.read_job(), pd.read_parquet(tmp_path / "t" / "results.parquet")
 
@@ -89,6 +89,20 @@ def test_max_seq_len_search_doubles_then_bisects(tmp_path):
     result = rows[rows["kind"] == "max_seq_len"].iloc[0]
     assert result["max_seq_len"] == 320 and result["first_failing_seq_len"] == 352
     assert result["limited_by"] == "oom"
+    assert result["reason"] == "largest fitting N=320; N=352 ended with status oom"
+
+
+def test_max_seq_len_over_the_latency_budget_is_limited_by_the_budget(tmp_path):
+    rows, _ = run(tmp_path, "benchmark.passes=[forward]", "benchmark.max_seq_len.enabled=true",
+                  "benchmark.max_seq_len.start=64", "benchmark.max_seq_len.resolution=32",
+                  "benchmark.max_seq_len.latency_budget_s=1e-9")
+    result = rows[rows["kind"] == "max_seq_len"].iloc[0]
+    # 64 ran and took too long, then the bisection tried 32, which did too
+    assert rows.loc[rows["kind"] == "speed", "seq_len"].tolist() == [64, 32]
+    assert (rows.loc[rows["kind"] == "speed", "status"] == "ok").all()
+    assert result["limited_by"] == "latency_budget" and result["max_seq_len"] == 0
+    assert result["reason"].startswith("no N fits; N=32 took")
+    assert "over the 1e-09 s latency budget" in result["reason"]
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -103,6 +117,6 @@ def test_max_seq_len_search_doubles_then_bisects(tmp_path):
 ])
 def test_bad_input_is_a_config_error_before_anything_runs(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=None) as error:
-        run_speed(compose([*TINY, f"results_dir={tmp_path}", *overrides]), check_only=True)
+        run_speed(compose([*TINY, f"paths.results_dir={tmp_path}", *overrides]), check_only=True)
     assert message in str(error.value)
     assert not (tmp_path / "default" / "parts").exists()

@@ -93,6 +93,13 @@ def speed_rows() -> list[dict]:
                                first_call_s=1.2 * latency, max_abs_err=0.31 if status == "wrong" else 1e-6,
                                max_abs_grad_err=1e-6 if pass_name == "forward_backward" else None,
                                gate_seq_len=256, threads=2)
+                    if (mechanism, backend, n) == ("sliding_window", "chunked", 1024):
+                        # a noisy point: samples spread 40 % around the median
+                        samples = [latency * f for f in (0.7, 0.8, 1.0, 1.0, 1.2, 1.4)]
+                        row.update(latency_times_s=json.dumps(samples), latency_iqr_s=0.35 * latency, noisy=True)
+                    if (mechanism, backend, n, pass_name) == ("dense", "sdpa", 4096, "forward"):
+                        # measured faster than the ceiling measured earlier: a stale ceiling
+                        row.update(matmul_peak_flops_per_s=0.5 * flops / latency, fraction_of_peak=2.0)
                 rows.append(row)
     return rows
 
@@ -320,12 +327,36 @@ def perf_target_rows() -> list[dict]:
     return rows
 
 
+# (variant, mechanism, backend, params, largest N that fitted, first that did not, limited_by, reason)
+MAX_SEQ_LEN_SEARCHES = [
+    ("dense_sdpa", "dense", "sdpa", {}, 7168, 8192, "latency_budget",
+     "largest fitting N=7168; N=8192 took 5.8 s, over the 5 s latency budget"),
+    ("longnet_paper", "dilated", None, DILATED, 1048576, None, "limit",
+     "every N up to benchmark.max_seq_len.limit=1048576 fits"),
+    ("dense_math", "dense", "math", {}, 3072, 4096, "oom", "largest fitting N=3072; N=4096 ended with status oom"),
+]
+
+
+def max_seq_len_rows() -> list[dict]:
+    """kind=max_seq_len rows with the columns harness/bench/sweep.py run_search writes."""
+    rows = []
+    for variant, mechanism, backend, params, best, worst, limited_by, reason in MAX_SEQ_LEN_SEARCHES:
+        identity = dict(kind="max_seq_len", variant=variant, backend=backend, params=params)
+        rows.append(dict(experiment="fixture", job_id=FIXTURE_JOB, timestamp=STAMP, kind="max_seq_len", status="ok",
+                         variant=variant, mechanism=mechanism, backend_requested=backend or "auto",
+                         params=json.dumps(params, sort_keys=True), batch=1, heads=4, head_dim=32, dtype="float32",
+                         causal=False, device="cpu", max_seq_len=best, first_failing_seq_len=worst,
+                         limited_by=limited_by, probes=json.dumps([[1024, "ok"]]), reason=reason,
+                         config=json.dumps(identity), config_hash=config_hash(identity), **ENV, **{"pass": "forward"}))
+    return rows
+
+
 def fixture_frame() -> pd.DataFrame:
     """Every kind together, as ResultsStore.read() returns them; includes an older probe run of the same configs
     (job 0, accuracies off by 0.5) that the report must ignore in favour of the newer one."""
     older_probe = probe_rows(job_id="fixture-job-0", timestamp="2024-12-31T00:00:00+0000", shift=0.5)
     return pd.DataFrame(speed_rows() + retrieval_rows() + older_probe + probe_rows() + distributed_rows()
-                        + perf_target_rows())
+                        + perf_target_rows() + max_seq_len_rows())
 
 
 @pytest.fixture(scope="session")

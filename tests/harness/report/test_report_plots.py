@@ -6,7 +6,7 @@ from harness.report.palette import Palette
 
 PLOT_NAMES = {"latency_vs_seq_len", "memory_vs_seq_len", "throughput", "retrieval_accuracy", "learning_curves",
               "retrieval_noise", "passkey_heatmap",
-              "pareto", "probe", "distributed", "attention_patterns"}
+              "pareto", "max_seq_len", "probe", "distributed", "attention_patterns"}
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +182,44 @@ def test_a_store_of_mostly_failed_points_still_plots_and_an_all_failed_one_says_
     probe = fixture_rows[(fixture_rows["kind"] == "probe") & (fixture_rows["status"] == "unsupported")]
     not_probed = plots.plot_probe(probe, tmp_path, palette)
     assert not_probed.skipped and "unsupported" in not_probed.skipped
+
+
+def test_speed_plots_carry_interquartile_bands_and_mark_noisy_points(rendered):
+    latency = rendered["latency_vs_seq_len"].data
+    ok = latency[(latency["status"] == "ok") & (latency["metric"] == "latency_median_ms")]
+    assert ok["y_lo"].notna().all() and (ok["y_lo"] <= ok["y"]).all() and (ok["y"] <= ok["y_hi"]).all()
+    noisy = ok[ok["noisy"]]
+    assert list(zip(noisy["series"], noisy["x"])) == [("sliding_window w=64 (chunked)", 1024.0)] * 2  # both passes
+    assert ((noisy["y_hi"] - noisy["y_lo"]) / noisy["y"] > 0.25).all()  # samples 0.85-1.15 of the median
+    throughput = rendered["throughput"].data
+    rates = throughput[(throughput["status"] == "ok") & (throughput["metric"] == "tokens_per_s")]
+    assert (rates["y_lo"] <= rates["y"]).all() and (rates["y"] <= rates["y_hi"]).all()
+    speedups = latency[latency["metric"] == "speedup_vs_dense"]
+    # at each variant's largest ok N: 4096, or 1024 for masked_sdpa (timed out from 2048 on)
+    largest = speedups.set_index("series")["x"]
+    assert set(largest[largest.index.str.contains("masked_sdpa")]) == {1024.0}
+    assert set(largest[~largest.index.str.contains("masked_sdpa")]) == {4096.0}
+
+
+def test_a_flop_fraction_above_one_is_flagged(rendered, fixture_rows):
+    from harness.report.tables import speed_summary
+
+    summary = speed_summary(fixture_rows)
+    flagged = summary[summary["above_ceiling"]]
+    assert list(zip(flagged["variant"], flagged["seq_len"], flagged["pass"])) == [("dense (sdpa)", 4096, "forward")]
+    data = rendered["throughput"].data
+    assert list(data.loc[data["status"] == "above_ceiling", "x"]) == [4096.0]
+
+
+def test_retrieval_points_carry_their_binomial_interval(rendered):
+    data = rendered["retrieval_accuracy"].data
+    points = data[(data["status"] == "ok") & data["series"].isin(["dense (sdpa)", "sliding_window w=64 (chunked)"])]
+    assert points["y_lo"].notna().all() and (points["y_lo"] <= points["y"] + 1e-12).all()
+    assert (points["y"] <= points["y_hi"] + 1e-12).all()
+
+
+def test_max_seq_len_plot_names_what_limited_each_search(rendered):
+    data = rendered["max_seq_len"].data
+    assert list(data["limited_by"]) == ["latency_budget", "oom", "limit"] or set(data["limited_by"]) == {
+        "latency_budget", "oom", "limit"}
+    assert int(data.loc[data["limited_by"] == "limit", "max_seq_len"].iloc[0]) == 1048576

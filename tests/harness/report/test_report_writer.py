@@ -24,7 +24,7 @@ def test_write_report_writes_tables_plots_markdown_and_self_contained_html(store
     report = write_report(store_root, "fixture", env={"env_torch": "9.9-fixture", "env_threads": 2})
     folder = store_root / "fixture"
     assert report == folder / "report.md"
-    for name in ("speed_summary", "retrieval_summary", "retrieval_headline", "retrieval_noise", "retrieval_training", "passkey_summary",
+    for name in ("speed_summary", "max_seq_len_summary", "retrieval_summary", "retrieval_headline", "retrieval_noise", "retrieval_training", "passkey_summary",
                  "probe_summary",
                  "distributed_summary", "perf_targets", "failures"):
         assert (folder / "tables" / f"{name}.csv").stat().st_size > 0
@@ -35,18 +35,20 @@ def test_write_report_writes_tables_plots_markdown_and_self_contained_html(store
     assert header.split(",") == list(PROBE_SUMMARY_COLUMNS)
     text = report.read_text()
     assert "9.9-fixture" in text and "## Failed points" in text and "oom" in text
-    for section in ("## Performance targets", "## Speed", "## Retrieval", "### Training runs", "## Probe",
+    for section in ("## Performance targets", "## Speed", "## Largest sequence length", "## Retrieval", "### Training runs", "## Probe",
                     "## Distributed (sequence-parallel)", "## Attention patterns"):
         assert f"\n{section}\n" in text, section
     assert "2 of 3 issue targets met" in text and "1 context measurements" in text
     assert "superseded by a later run" in text  # the fixture's older probe run
     assert "mismatched (query, key, head) triples" in text
+    # The max_seq_len searches with what limited each, never "ok"
+    assert "N=8192 took 5.8 s, over the 5 s latency budget" in text and "latency_budget" in text
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
-    assert len(images) == 11
+    assert len(images) == 12
     for image in images:
         assert (folder / image).stat().st_size > 0
     page = (folder / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 11 and 'src="plots/' not in page
+    assert page.count('src="data:image/png;base64,') == 12 and 'src="plots/' not in page
     assert "<table" in page and "9.9-fixture" in page
     assert (report.stat().st_mode & 0o044) == 0o044  # shareable, not 0600
 
@@ -61,7 +63,7 @@ def test_make_report_script_regenerates_from_stored_rows(fixture_rows, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "report:" in result.stdout and "median latency" in result.stdout and "oom" in result.stdout
     text = (tmp_path / "small" / "report.md").read_text()
-    assert "No rows for: Performance targets, Retrieval, Probe, Distributed (sequence-parallel)" in text
+    assert "No rows for: Performance targets, Largest sequence length, Retrieval, Probe, Distributed (sequence-parallel)" in text
     assert "## Retrieval" not in text and "## Probe" not in text
     assert (tmp_path / "small" / "plots" / "latency_vs_seq_len.png").exists()
     missing = subprocess.run([sys.executable, script, "nope", "--results-dir", str(tmp_path)],

@@ -16,13 +16,11 @@ TINY = {"task": {"name": "mqar", "layout": "interleaved", "seq_len": 64, "num_pa
 
 class RecordingLogger:
     def __init__(self):
-        self.metrics, self.rows = [], []
+        self.metrics, self.curves = [], set()
 
-    def log_metrics(self, metrics, step=None):
+    def log_curve(self, curve, step_key, step, metrics):
+        self.curves.add(curve)
         self.metrics.append((step, dict(metrics)))
-
-    def log_rows(self, rows, name="results"):
-        self.rows.append(name)
 
 
 def test_dense_mqar_learns_and_rows_are_complete(tmp_path):
@@ -39,7 +37,7 @@ def test_dense_mqar_learns_and_rows_are_complete(tmp_path):
     assert json.loads(row["config"])["retrieval"]["task"]["num_pairs"] == 8
     steps = [step for step, m in logger.metrics]
     assert steps == list(range(1, len(steps) + 1)) and "val/accuracy" in logger.metrics[29][1]
-    assert logger.rows == ["retrieval"]
+    assert logger.curves == {"retrieval/dense/lr=0.003/seed=0"}
     assert len(store.read()) == len(frame)
     again = run_retrieval({"mechanism": "dense", "backend": "sdpa"}, TINY, store, resume=True)
     assert len(again) == len(frame) and len(store.read()) == len(frame)  # resumed, not retrained
