@@ -88,6 +88,9 @@ class BenchmarkConfig:
     warmup: int = 2  # untimed calls after the first (compiling) call
     min_run_time_s: float = 0.2  # timed runs continue until this much time ...
     min_repeats: int = 5  # ... and this many timed blocks are reached
+    # The variants of one N are timed in this many interleaved rounds (A B C A B C ...), each with 1/rounds of
+    # min_run_time_s and min_repeats; speed-ups are medians of per-round ratios (speedup_round_*).
+    rounds: int = 3
     threads: Optional[int] = None  # torch threads in the worker (None: torch's default)
     isolation: str = "process"  # process: a worker process that can fail alone; inline: this process (debug)
     timeout_s: float = 300.0  # wall-clock budget per point, compile included; the worker is killed beyond it

@@ -8,6 +8,8 @@ Order per point, and why:
   3. `warmup` more untimed calls;
   4. one call for peak memory above the inputs (its own call, so the timing loop carries no instrumentation);
   5. torch.utils.benchmark.Timer.blocked_autorange until `min_run_time_s`, topped up to `min_repeats` blocks.
+`time_point` repeats steps 3 and 5 alone: the runner's later rounds of a point (harness/bench/sweep.py times
+the variants of one N in interleaved rounds, A B C A B C, so each ratio compares moments close together).
 """
 
 from __future__ import annotations
@@ -249,15 +251,22 @@ def time_call(call: Callable[[], Any], min_run_time_s: float, min_repeats: int, 
         raw_times.extend(timer.timeit(measurement.number_per_run).raw_times)
     measurement = torch_benchmark.Measurement(number_per_run=measurement.number_per_run, raw_times=raw_times,
                                               task_spec=measurement.task_spec)
-    times = measurement.times  # seconds per call, one per block
+    return latency_columns(measurement.times, measurement.number_per_run)
+
+
+def latency_columns(times: list[float], calls_per_sample: int) -> dict[str, Any]:
+    """The latency columns of a row from its samples (seconds per call, one per timed block), with
+    torch.utils.benchmark's statistics (Measurement: median, interquartile range, mean)."""
+    measurement = torch_benchmark.Measurement(number_per_run=1, raw_times=list(times),
+                                              task_spec=torch_benchmark.TaskSpec(stmt="", setup=""))
     return {
         "latency_median_s": measurement.median,
         "latency_iqr_s": measurement.iqr,
         "latency_min_s": min(times),
         "latency_mean_s": measurement.mean,
         "latency_count": len(times),
-        "calls_per_sample": measurement.number_per_run,
-        "latency_times_s": times,
+        "calls_per_sample": calls_per_sample,
+        "latency_times_s": list(times),
         "noisy": bool(measurement.iqr > NOISY_IQR_FRACTION * measurement.median),
         "timing_method": TIMING_METHOD,
     }
@@ -285,14 +294,7 @@ def measure_point(point: Point) -> dict[str, Any]:
             raise Outcome("nan", f"NaN/Inf in {bad} at seq_len={point.seq_len}")
         del first
 
-        if point.backward:
-            def call() -> None:
-                out = attn(q, k, v, causal=point.causal)
-                torch.autograd.grad(out, (q, k, v), grad_out)
-        else:
-            def call() -> None:
-                attn(q, k, v, causal=point.causal)
-
+        call = _timed_call(point, attn, q, k, v, grad_out)
         # inference_mode is thread-local state, so it covers the Timer's loop too.
         with torch.inference_mode(not point.backward):
             for _ in range(point.warmup):
@@ -307,6 +309,38 @@ def measure_point(point: Point) -> dict[str, Any]:
         status, reason = classify_exception(error)
         columns.update(status=status, reason=reason)
     return columns
+
+
+def _timed_call(point: Point, attn, q, k, v, grad_out) -> Callable[[], None]:
+    if point.backward:
+        def call() -> None:
+            out = attn(q, k, v, causal=point.causal)
+            torch.autograd.grad(out, (q, k, v), grad_out)
+    else:
+        def call() -> None:
+            attn(q, k, v, causal=point.causal)
+    return call
+
+
+def time_point(point: Point) -> dict[str, Any]:
+    """Another round of a point that measure_point already ran ok: warmup, then timing only (no gate, no first
+    call, no memory). Returns the timing columns with status and reason."""
+    if point.threads is not None:
+        torch.set_num_threads(point.threads)
+    device = torch.device(point.device)
+    try:
+        attn = build_attention(point)
+        q, k, v, grad_out = _inputs(point, point.batch, point.seq_len, device, seed=point.seed)
+        call = _timed_call(point, attn, q, k, v, grad_out)
+        with torch.inference_mode(not point.backward):
+            for _ in range(max(1, point.warmup)):  # inputs and caches are new in this call
+                call()
+            _sync(device)
+            return {**time_call(call, point.min_run_time_s, point.min_repeats, label=point.variant),
+                    "status": "ok", "reason": ""}
+    except Exception as error:  # noqa: BLE001 - a failing round fails the point, with its reason
+        status, reason = classify_exception(error)
+        return {"status": status, "reason": reason}
 
 
 def matmul_ceiling(device: str, dtype: str, size: int, min_run_time_s: float,

@@ -3,8 +3,10 @@
     run_speed(cfg)                    # what `shootout job=speed ...` runs
     run_speed(cfg, check_only=True)   # validation only: raises ConfigError before anything runs
 
-Points are ordered variant -> dtype -> causal -> pass -> seq_len ascending, so an out-of-memory or timeout at
-some N can end that ladder (`benchmark.skip_larger_after_failure`) with `skipped` rows instead of more failures.
+Points are planned variant -> dtype -> causal -> pass -> seq_len ascending (a "ladder" per variant and setting)
+and run as comparison groups: every variant at one (dtype, causal, pass, N), the groups in ascending N, so an
+out-of-memory or timeout at some N can end that ladder (`benchmark.skip_larger_after_failure`) with `skipped` rows
+instead of more failures, and the variants of one N are timed in interleaved rounds (SpeedRun.measure_group).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -27,7 +30,7 @@ from .. import environment
 from ..config import ConfigError
 from ..store import ResultsStore, config_hash
 from .flops import point_flops
-from .measure import DTYPES, PASSES, Point
+from .measure import DTYPES, PASSES, Point, latency_columns
 from .worker import Worker
 
 FAILED = ("oom", "timeout")  # statuses that end a seq_len ladder
@@ -90,7 +93,7 @@ def check_positive(name: str, value: Any, minimum: float = 1) -> None:
 
 def check_benchmark_shape_and_timing(bench: DictConfig) -> None:
     """The benchmark keys every measuring job (speed, distributed) shares: shape, repeats, budgets, threads."""
-    for name in ("batch", "heads", "head_dim", "min_repeats"):
+    for name in ("batch", "heads", "head_dim", "min_repeats", "rounds"):
         check_positive(f"benchmark.{name}", bench[name])
     check_positive("benchmark.warmup", bench.warmup, 0)
     for name in ("min_run_time_s", "timeout_s"):
@@ -211,7 +214,6 @@ class SpeedRun:
         self.cfg, self.plan, self.store, self.logger = cfg, plan, store, logger
         bench = cfg.benchmark
         self.worker = Worker(bench.isolation, bench.worker_memory_limit_gb)
-        self.ceilings: dict[tuple[str, str], dict[str, Any]] = {}
         self.config_json = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
         self.env = environment.fingerprint(plan.device)
         self.recorded: dict[str, dict[str, Any]] = {}
@@ -225,40 +227,100 @@ class SpeedRun:
         self.skipped_resume = 0
 
     def ceiling(self, dtype: str) -> dict[str, Any]:
-        key = (self.plan.device, dtype)
-        if key not in self.ceilings:
-            bench = self.cfg.benchmark
-            result = self.worker.run("matmul_ceiling", dict(
-                device=self.plan.device, dtype=dtype, size=bench.ceiling.size,
-                min_run_time_s=bench.ceiling.min_run_time_s, threads=bench.threads), timeout_s=bench.timeout_s)
-            if "status" in result:
-                result = {"matmul_peak_flops_per_s": math.nan,
-                          "matmul_method": f"not measured: {result['status']}: {result['reason']}"}
-            self.ceilings[key] = result
-        return self.ceilings[key]
+        """The matmul ceiling measured now: next to the points it is compared with, never minutes apart."""
+        bench = self.cfg.benchmark
+        result = self.worker.run("matmul_ceiling", dict(
+            device=self.plan.device, dtype=dtype, size=bench.ceiling.size,
+            min_run_time_s=bench.ceiling.min_run_time_s, threads=bench.threads), timeout_s=bench.timeout_s)
+        if "status" in result:
+            result = {"matmul_peak_flops_per_s": math.nan,
+                      "matmul_method": f"not measured: {result['status']}: {result['reason']}"}
+        return result
 
     def measure(self, point: Point) -> dict[str, Any]:
-        """The row for `point`: recorded already (resume), unsupported here, or measured in the worker."""
-        point_hash = config_hash(point.identity())
-        if point_hash in self.recorded:
-            self.skipped_resume += 1
-            self.table_rows.append(dict(self.recorded[point_hash], resumed=True))
-            return self.recorded[point_hash]
-        try:
-            backend = attention_impls.build(point.mechanism, point.backend, **point.params).resolve(
-                torch.device(point.device), DTYPES[point.dtype], point.causal, point.backward, point.head_dim,
-                point.seq_len)
-            columns = {}
-        except RuntimeError as error:
-            backend = point.backend
-            columns = {"status": "unsupported", "reason": " ".join(str(error).split())}
-        if not columns:
-            ceiling = self.ceiling(point.dtype)
-            columns = self.worker.run("measure_point", {"point": point}, timeout_s=self.cfg.benchmark.timeout_s)
+        return self.measure_group([point])[0]
+
+    def measure_group(self, points: list[Point]) -> list[dict[str, Any]]:
+        """The rows of points that differ only in their variant (one N, dtype, causal mode and pass).
+
+        Resumed and unsupported points are rows at once. The rest are timed in `benchmark.rounds` interleaved
+        rounds, A B C A B C ...: the first round is the full measure_point (gate, first call, memory, timing), the
+        later ones time_point; each round gets 1/rounds of min_run_time_s. A row's latency statistics come from
+        the samples of all its rounds, and its speed-up over dense is the median of the per-round ratios to the
+        group's dense point (with their range), so a machine that slows down between rounds slows both sides of
+        each ratio alike.
+        """
+        bench = self.cfg.benchmark
+        rounds = bench.rounds
+        per_round = dict(min_run_time_s=bench.min_run_time_s / rounds,
+                         min_repeats=max(1, math.ceil(bench.min_repeats / rounds)))
+        outcome: dict[int, tuple[str, str | None, dict[str, Any]]] = {}  # index -> (hash, backend, columns)
+        live: list[int] = []
+        for i, point in enumerate(points):
+            point_hash = config_hash(point.identity())
+            if point_hash in self.recorded:
+                self.skipped_resume += 1
+                self.table_rows.append(dict(self.recorded[point_hash], resumed=True))
+                continue
+            try:
+                backend = attention_impls.build(point.mechanism, point.backend, **point.params).resolve(
+                    torch.device(point.device), DTYPES[point.dtype], point.causal, point.backward, point.head_dim,
+                    point.seq_len)
+                outcome[i] = (point_hash, backend, {})
+                live.append(i)
+            except RuntimeError as error:
+                outcome[i] = (point_hash, point.backend, {"status": "unsupported",
+                                                          "reason": " ".join(str(error).split())})
+        round_medians: dict[int, list[float]] = {i: [] for i in live}
+        if live:
+            ceiling = self.ceiling(points[live[0]].dtype)
+        for round_index in range(rounds):
+            for i in [i for i in live if outcome[i][2].get("status", "ok") == "ok"]:
+                timed = replace(points[i], **per_round)
+                function = "measure_point" if round_index == 0 else "time_point"
+                columns = self.worker.run(function, {"point": timed}, timeout_s=bench.timeout_s)
+                if bench.fresh_worker_per_point:
+                    self.worker.close()
+                merged = outcome[i][2]
+                if round_index == 0:
+                    merged.update(columns)
+                elif columns.get("status") != "ok":
+                    merged.update(status=columns["status"], reason=f"round {round_index + 1} of {rounds}: "
+                                                                   f"{columns['reason']}")
+                else:
+                    merged["latency_times_s"] = list(merged["latency_times_s"]) + list(columns["latency_times_s"])
+                if merged.get("status") == "ok":
+                    round_medians[i].append(columns["latency_median_s"])
+        for i in live:
+            columns = outcome[i][2]
             columns.update(ceiling)
-            if self.cfg.benchmark.fresh_worker_per_point:
-                self.worker.close()
-        return self._record(point, point_hash, backend, columns)
+            if columns.get("status") == "ok":
+                columns.update(latency_columns(columns["latency_times_s"], columns["calls_per_sample"]))
+                columns.update(rounds=rounds, round_medians_s=json.dumps(round_medians[i]))
+        self._round_speedups(points, live, outcome, round_medians)
+        rows = []
+        for i, point in enumerate(points):
+            if i in outcome:
+                point_hash, backend, columns = outcome[i]
+                rows.append(self._record(point, point_hash, backend, columns))
+            else:
+                rows.append(self.recorded[config_hash(point.identity())])
+        return rows
+
+    @staticmethod
+    def _round_speedups(points: list[Point], live: list[int], outcome: dict, round_medians: dict) -> None:
+        """speedup_round_*: per round, the fastest dense point's median over this point's; their median and range."""
+        ok = [i for i in live if outcome[i][2].get("status") == "ok" and round_medians[i]]
+        dense = [i for i in ok if points[i].mechanism == "dense"]
+        if not dense:
+            return
+        reference = min(dense, key=lambda i: sorted(round_medians[i])[len(round_medians[i]) // 2])
+        for i in ok:
+            if i == reference:
+                continue
+            ratios = sorted(d / v for d, v in zip(round_medians[reference], round_medians[i]))
+            outcome[i][2].update(speedup_round_median=float(np.median(ratios)), speedup_round_min=ratios[0],
+                                 speedup_round_max=ratios[-1], speedup_reference=points[reference].variant)
 
     def skip(self, point: Point, reason: str) -> dict[str, Any]:
         return self._record(point, config_hash(point.identity()), point.backend,
@@ -303,7 +365,8 @@ MEASURED_COLUMNS = (
     "calls_per_sample", "latency_times_s", "noisy", "timing_method", "tokens_per_s", "peak_mem_bytes",
     "mem_method", "useful_flops", "executed_flops", "flops_per_s", "executed_flops_per_s",
     "matmul_peak_flops_per_s", "matmul_method", "fraction_of_peak", "compile_s", "first_call_s", "max_abs_err",
-    "max_abs_grad_err", "gate_seq_len", "threads",
+    "max_abs_grad_err", "gate_seq_len", "threads", "rounds", "round_medians_s", "speedup_round_median",
+    "speedup_round_min", "speedup_round_max", "speedup_reference",
 )
 LOGGED_METRICS = ("latency_median_s", "latency_iqr_s", "tokens_per_s", "peak_mem_bytes", "flops_per_s",
                   "fraction_of_peak")
@@ -322,21 +385,38 @@ def _fits(row: dict[str, Any], latency_budget_s: float) -> bool:
     return row["status"] == "ok" and row["latency_median_s"] <= latency_budget_s
 
 
+def comparison_groups(points: list[Point]) -> list[list[Point]]:
+    """The points of each (dtype, causal, pass, N), in plan order of their setting, then ascending N."""
+    groups: dict[tuple, list[Point]] = {}
+    settings: dict[tuple, int] = {}
+    for point in points:
+        setting = (point.dtype, point.causal, point.pass_name)
+        settings.setdefault(setting, len(settings))
+        groups.setdefault((*setting, point.seq_len), []).append(point)
+    return [groups[key] for key in sorted(groups, key=lambda key: (settings[key[:3]], key[3]))]
+
+
 def run_grid(run: SpeedRun, progress) -> None:
     failed_at: dict[tuple, dict[str, Any]] = {}
     task = progress.add_task("", total=len(run.plan.points))
-    for point in run.plan.points:
-        progress.update(task, description=_describe(point))
-        key = _ladder_key(point)
-        if run.cfg.benchmark.skip_larger_after_failure and key in failed_at:
-            first = failed_at[key]
-            run.skip(point, f"skipped: seq_len={first['seq_len']} already failed with status {first['status']} "
-                            f"(benchmark.skip_larger_after_failure)")
-        else:
-            row = run.measure(point)
+    for group in comparison_groups(run.plan.points):
+        first = group[0]
+        progress.update(task, description=f"{len(group)} variant(s) {first.pass_name} {first.dtype}"
+                                          f"{' causal' if first.causal else ''} N={first.seq_len}")
+        to_measure = []
+        for point in group:
+            key = _ladder_key(point)
+            if run.cfg.benchmark.skip_larger_after_failure and key in failed_at:
+                failed = failed_at[key]
+                run.skip(point, f"skipped: seq_len={failed['seq_len']} already failed with status "
+                                f"{failed['status']} (benchmark.skip_larger_after_failure)")
+                progress.advance(task)
+            else:
+                to_measure.append(point)
+        for point, row in zip(to_measure, run.measure_group(to_measure)):
             if row["status"] in FAILED:
-                failed_at[key] = row
-        progress.advance(task)
+                failed_at[_ladder_key(point)] = row
+            progress.advance(task)
 
 
 def run_search(run: SpeedRun, progress) -> None:
@@ -434,6 +514,7 @@ def run_speed(cfg: DictConfig, store: ResultsStore | None = None, logger: Any = 
 
 def summary_table(rows: pd.DataFrame, recorded: int, skipped_resume: int, store: ResultsStore, elapsed_s: float):
     """A rich table of this job's points, resumed ones included: the numbers a reader checks first."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"{store.experiment}: {recorded} rows in {elapsed_s:.1f} s "
@@ -460,10 +541,10 @@ def summary_table(rows: pd.DataFrame, recorded: int, skipped_resume: int, store:
             number(row.get("fraction_of_peak"), 100.0, 1), number(row.get("peak_mem_bytes"), 2.0**-20, 1),
             ("resumed " if row.get("resumed") is True else "") + ("noisy " if row.get("noisy") else "")
             + ("above the GEMM ceiling " if (row.get("fraction_of_peak") or 0) > 1 else "")
-            + (row.get("reason") or ""))  # in full: rich wraps the column, it never cuts a reason
+            + escape(row.get("reason") or ""))  # in full: rich wraps the column, it never cuts a reason
     if not rows.empty and "max_seq_len" in set(rows["kind"]):
         for row in rows[rows["kind"] == "max_seq_len"].to_dict("records"):
             table.add_row(row["variant"], "", row["pass"], row["dtype"], str(row["causal"]),
                           f"max {row['max_seq_len']}", f"limited by {row['limited_by']}", "", "", "", "", "", "",
-                          row["reason"])
+                          escape(row["reason"]))
     return table

@@ -17,7 +17,7 @@ import signal
 import warnings
 from typing import Any
 
-_FUNCTIONS = ("measure_point", "matmul_ceiling")
+_FUNCTIONS = ("measure_point", "time_point", "matmul_ceiling")
 
 
 def _serve(connection, memory_limit_bytes: int | None) -> None:

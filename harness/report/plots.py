@@ -226,7 +226,8 @@ def _scaling_plot(frame: pd.DataFrame, out_dir: Path, palette: Palette, *, name:
                 ax.set_title(panel_title, fontsize="medium")
                 if guides:
                     _label_guides(ax)
-        _legend(figure, palette, variants_seen, statuses_seen, guides)
+        _legend(figure, palette, variants_seen, statuses_seen, guides,
+                noisy=any(point.get("noisy") is True for point in drawn))
         figure.suptitle(title + (f"\n{common}" if common else ""), fontsize="large")
     plot = Plot(name=name, title=title, caption=caption, figure=figure, data=pd.DataFrame(drawn))
     return _save(plot, out_dir)
@@ -333,7 +334,8 @@ def _draw_ceiling(ax, frame: pd.DataFrame, panel: pd.DataFrame) -> list[dict]:
         for x, y in zip(above["seq_len"], above["useful_gflops_per_s"])]
 
 
-def _legend(figure: Figure, palette: Palette, variants: list[str], statuses: set[str], guides: bool) -> None:
+def _legend(figure: Figure, palette: Palette, variants: list[str], statuses: set[str], guides: bool,
+            noisy: bool = False) -> None:
     handles, labels = [], []
     for variant in palette.sorted(variants):
         style = palette[variant]
@@ -343,6 +345,9 @@ def _legend(figure: Figure, palette: Palette, variants: list[str], statuses: set
         handles.append(Line2D([], [], color="0.3", marker=STATUS_MARKERS.get(status, "x"), linestyle="none",
                               markersize=9, markeredgewidth=2.0))
         labels.append(f"{status} (failed point)")
+    if noisy:
+        handles.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none"))
+        labels.append("hollow: noisy point (IQR > 10 % of median)")
     if guides:
         handles += [Line2D([], [], color="0.55", linestyle=":"), Line2D([], [], color="0.55", linestyle="--")]
         labels += ["ideal O(N)", "ideal O(N²)"]
@@ -677,7 +682,8 @@ def plot_passkey_heatmap(frame: pd.DataFrame, out_dir: Path, palette: Palette) -
 
 def plot_pareto(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
     """Speed against accuracy, one point per configuration, the non-dominated ones joined (up and to the left
-    is better: fast and accurate). Accuracy is taken at each task's largest evaluated N."""
+    is better: fast and accurate). Accuracy is taken at each task's largest evaluated N; speed at one N for every
+    variant of a task (the retrieval N if all measured it, else the largest N all measured), named in the label."""
     name, title = "pareto", "Speed / accuracy trade-off"
     speed = tables.speed_summary(frame)
     retrieval = tables.retrieval_summary(frame)
@@ -688,10 +694,23 @@ def plot_pareto(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
     if "pass" in speed and (speed["pass"] == "forward").any():
         speed = speed[speed["pass"] == "forward"]
     points = []
+
+    def matched_seq_len(variants: list[str], preferred: float | None) -> int | None:
+        """The N at which every variant has an ok forward speed point: `preferred` if so, else the largest."""
+        shared = None
+        for variant in variants:
+            measured = set(speed.loc[speed["variant"] == variant, "seq_len"].dropna().astype(int))
+            shared = measured if shared is None else shared & measured
+        if not shared:
+            return None
+        return int(preferred) if preferred is not None and int(preferred) in shared else max(shared)
+
     for task, rows in retrieval.groupby("task", sort=True):
         seq_len = rows["seq_len"].dropna().max() if rows["seq_len"].notna().any() else None
         if seq_len is not None:  # averaging accuracy over several N would mix different difficulties
             rows = rows[rows["seq_len"] == seq_len]
+        with_speed = [v for v in rows["variant"].unique() if (speed["variant"] == v).any()]
+        matched = matched_seq_len(with_speed, seq_len)
         for variant, group in rows.groupby("variant", sort=False):
             accuracy = group["accuracy"].to_numpy(dtype=float)
             weights = group["count"].fillna(1.0).to_numpy(dtype=float)
@@ -702,8 +721,9 @@ def plot_pareto(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
             measured = speed[speed["variant"] == variant]
             if measured.empty:
                 continue
-            # The speed at the N the retrieval ran at, if measured; else the largest N measured for it.
-            at_n = measured[measured["seq_len"] == seq_len] if seq_len is not None else measured.iloc[0:0]
+            # One N for every variant of the task, so the x axis compares like with like; each variant's own
+            # largest N only when no N is shared (the label then lists them).
+            at_n = measured[measured["seq_len"] == matched] if matched is not None else measured.iloc[0:0]
             chosen = (at_n if len(at_n) else measured.sort_values("seq_len").tail(1)).iloc[0]
             points.append(dict(task=task, series=variant, x=float(chosen["latency_median_ms"]), y=mean,
                                speed_seq_len=int(chosen["seq_len"]), retrieval_seq_len=seq_len))
@@ -748,9 +768,9 @@ def plot_pareto(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
         figure.suptitle(title, fontsize="large")
     plot = Plot(name=name, title=title, figure=figure, data=data,
                 caption="One point per configuration: retrieval accuracy at the task's largest evaluated N "
-                        "(count-weighted over every distance bucket) against forward latency at that N where "
-                        "measured, else at the largest N measured (the x label says which). Up and to the left is "
-                        "better.")
+                        "(count-weighted over every distance bucket) against forward latency at one N for all "
+                        "variants: that N if every variant's speed was measured there, else the largest N all of "
+                        "them measured (the x label names it). Up and to the left is better.")
     return _save(plot, out_dir)
 
 

@@ -122,7 +122,9 @@ def _sections(frame: pd.DataFrame, plots: list[Plot], env: dict[str, str]) -> li
         speed_section.children.append(Section(
             "Median latency (ms) by sequence length",
             text="A cell that names a status is a point that did not end ok (see Failed points). "
-                 "'vs dense' = latency of the fastest dense backend at the same setting and N / this latency.",
+                 "'vs dense' = the fastest dense backend's latency at the same setting and N / this latency: the "
+                 "median over the interleaved rounds (A B C A B C ...) of the per-round ratios, in brackets their "
+                 "range over the rounds.",
             table=tables.latency_wide(speed)))
         for name in ("latency_vs_seq_len", "memory_vs_seq_len", "throughput"):
             speed_section.children.append(Section(by_name[name].title, plot=by_name[name]))

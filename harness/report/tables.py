@@ -21,7 +21,7 @@ SPEED_SUMMARY_COLUMNS = (
     "variant", "mechanism", "backend", "params", "pass", "dtype", "causal", "device", "batch", "heads",
     "head_dim", "seq_len", "status", "latency_median_ms", "latency_iqr_ms", "latency_q1_ms", "latency_q3_ms", "noisy",
     "tokens_per_s", "peak_mem_mib", "useful_gflops_per_s", "fraction_of_peak", "above_ceiling", "speedup_vs_dense",
-    "reason",
+    "speedup_round_min", "speedup_round_max", "rounds", "reason",
 )
 # What makes two speed points comparable apart from the variant and N: speed-up over dense is taken within it.
 SPEED_SETTING_COLUMNS = ("pass", "dtype", "causal", "device", "batch", "heads", "head_dim")
@@ -144,8 +144,10 @@ def _quartiles(samples: Any) -> tuple[float, float]:
 def speed_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per speed point: latency, throughput, memory, FLOP/s, share of the matmul ceiling, speed-up.
 
-    speedup_vs_dense = latency of the fastest dense backend measured ok at the same setting and N / this
-    latency (so > 1 is faster than dense; NaN where no dense point exists to compare with).
+    speedup_vs_dense (> 1: faster than dense): where the runner timed the variants of one N in interleaved
+    rounds, the median over rounds of (fastest dense point's latency in that round / this one's), with the
+    rounds' range in speedup_round_min/max; for rows without rounds, the fastest dense median at the same setting
+    and N over this median (NaN where no dense point exists to compare with).
     """
     rows = rows_of_kind(frame, "speed")
     if rows.empty:
@@ -179,6 +181,11 @@ def speed_summary(frame: pd.DataFrame) -> pd.DataFrame:
         out["speedup_vs_dense"] = merged["_dense_ms"] / out["latency_median_ms"]
     else:
         out["speedup_vs_dense"] = np.nan
+    rounds = _numeric(_column(rows, "speedup_round_median")).where(ok)
+    out["speedup_vs_dense"] = rounds.fillna(out["speedup_vs_dense"])
+    out["speedup_round_min"] = _numeric(_column(rows, "speedup_round_min")).where(ok)
+    out["speedup_round_max"] = _numeric(_column(rows, "speedup_round_max")).where(ok)
+    out["rounds"] = _numeric(_column(rows, "rounds")).where(ok)
     return _sort_by_variant(out, rows, ["pass"], ["seq_len"])[list(SPEED_SUMMARY_COLUMNS)]
 
 
@@ -747,9 +754,15 @@ def latency_wide(speed: pd.DataFrame) -> pd.DataFrame:
     wide.columns = [f"N={int(n)}" for n in wide.columns]
     ok = cells[cells["speedup_vs_dense"].notna()].sort_values("seq_len")
     last = ok.groupby(index, sort=False).tail(1).set_index(index)
-    wide["vs dense (largest N)"] = [
-        f"{format_value(last.loc[key, 'speedup_vs_dense'])}x @ {int(last.loc[key, 'seq_len'])}"
-        if key in last.index else "" for key in wide.index]
+    def versus(key) -> str:
+        if key not in last.index:
+            return ""
+        row = last.loc[key]
+        spread = (f" [{format_value(row['speedup_round_min'])}-{format_value(row['speedup_round_max'])}]"
+                  if pd.notna(row.get("speedup_round_min")) else "")
+        return f"{format_value(row['speedup_vs_dense'])}x{spread} @ {int(row['seq_len'])}"
+
+    wide["vs dense (largest N)"] = [versus(key) for key in wide.index]
     wide = wide.reset_index()
     wide["variant"] = pd.Categorical(wide["variant"], categories=variants, ordered=True)
     wide = wide.sort_values([c for c in index if c != "variant"] + ["variant"], kind="stable")
@@ -807,21 +820,24 @@ def print_job_summary(rows: pd.DataFrame, console: Any = None) -> None:
     probe's mismatches per variant. Speed and max_seq_len jobs print their own table as they end; long texts
     wrap, they are never cut."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console(stderr=True)
+    if not console.is_terminal:
+        console.width = max(console.width, 200)  # logs and CI: do not squeeze the tables into 80 columns
     headline = retrieval_headline(rows)
     if not headline.empty:
-        table = Table(title="retrieval: accuracy within and beyond each pattern's reach (mean, 95 % interval, "
-                            "[share of items]); of ceiling = accuracy / the pattern's ceiling")
+        table = Table(title=escape("retrieval: accuracy within and beyond each pattern's reach (mean, 95 % interval, "
+                                   "[share of items]); of ceiling = accuracy / the pattern's ceiling"))
         for name in ("variant", "N", "within reach", "beyond reach", "of ceiling", "converged", "verdict"):
             table.add_column(name, justify="right" if name in ("N", "of ceiling") else "left",
                              overflow="fold", ratio=3 if name == "verdict" else None)
         cells = retrieval_headline_cells(headline)
         for (_, row), (_, cell) in zip(headline.iterrows(), cells.iterrows()):
-            table.add_row(str(row["variant"]), str(int(row["seq_len"])), str(cell["within reach [share]"]),
-                          str(cell["beyond reach [share]"]), format_value(row["of_ceiling"]), str(row["converged"]),
-                          str(row["verdict"]))
+            table.add_row(*map(escape, (str(row["variant"]), str(int(row["seq_len"])),
+                                        str(cell["within reach [share]"]), str(cell["beyond reach [share]"]),
+                                        format_value(row["of_ceiling"]), str(row["converged"]), str(row["verdict"]))))
         console.print(table)
     probe = probe_summary(rows)
     if not probe.empty:
@@ -832,7 +848,8 @@ def print_job_summary(rows: pd.DataFrame, console: Any = None) -> None:
             table.add_column(name, justify="right" if name == "mismatches" else "left")
         for variant, row in per_variant.iterrows():
             bad = row["mismatches"] > 0 or row["status"] != "ok"
-            table.add_row(str(variant), f"{'[red]' if bad else ''}{int(row['mismatches'])}", str(row["status"]))
+            table.add_row(escape(str(variant)), f"{'[red]' if bad else ''}{int(row['mismatches'])}",
+                          escape(str(row["status"])))
         console.print(table)
 
 
@@ -846,7 +863,8 @@ def print_summary(frame: pd.DataFrame, console: Any = None) -> None:
     speed = speed_summary(frame)
     wide = latency_wide(speed)
     if not wide.empty:
-        table = Table(title="median latency (ms) by sequence length N; 'vs dense' = fastest dense latency / this")
+        table = Table(title="median latency (ms) by sequence length N; 'vs dense' = fastest dense latency / this, "
+                            "median of interleaved rounds [their range]")
         for name in wide.columns:
             left = not str(name).startswith(("N=", "vs dense"))
             table.add_column(str(name), justify="left" if left else "right", no_wrap=name == "variant")

@@ -120,3 +120,59 @@ def test_bad_input_is_a_config_error_before_anything_runs(tmp_path, overrides, m
         run_speed(compose([*TINY, f"paths.results_dir={tmp_path}", *overrides]), check_only=True)
     assert message in str(error.value)
     assert not (tmp_path / "default" / "parts").exists()
+
+
+TWO_VARIANTS = ["attention=dense_sdpa", "+attention@variants.window=sliding_window_chunked",
+                "variants.window.name=window", "variants.window.params.window=16", "benchmark.passes=[forward]"]
+
+
+def test_variants_of_one_n_are_timed_in_interleaved_rounds(tmp_path, monkeypatch):
+    from harness.bench.worker import Worker
+
+    calls = []
+    original = Worker.run
+
+    def recording(self, name, kwargs, timeout_s):
+        point = kwargs.get("point")
+        calls.append((name, point.variant if point else None, point.seq_len if point else None))
+        return original(self, name, kwargs, timeout_s)
+
+    monkeypatch.setattr(Worker, "run", recording)
+    rows, _ = run(tmp_path, *TWO_VARIANTS, "benchmark.seq_lens=[64,128]", "benchmark.rounds=3")
+    # per N: the ceiling next to the group, then A B, A B, A B: the first round full, the later ones timing only
+    expected = []
+    for n in (64, 128):
+        expected += [("matmul_ceiling", None, None), ("measure_point", "dense_sdpa", n), ("measure_point", "window", n)]
+        expected += [("time_point", "dense_sdpa", n), ("time_point", "window", n)] * 2
+    assert calls == expected
+    assert (rows["status"] == "ok").all() and (rows["rounds"] == 3).all()
+    for row in rows.itertuples():
+        medians = json.loads(row.round_medians_s)
+        assert len(medians) == 3 and row.latency_count == len(json.loads(row.latency_times_s)
+                                                               if isinstance(row.latency_times_s, str)
+                                                               else row.latency_times_s)
+    window = rows[rows["variant"] == "window"]
+    assert (window["speedup_reference"] == "dense_sdpa").all()
+    assert (window["speedup_round_min"] <= window["speedup_round_median"]).all()
+    assert (window["speedup_round_median"] <= window["speedup_round_max"]).all()
+
+
+def test_a_busy_machine_ranks_the_variants_as_a_quiet_one(tmp_path):
+    """At N=2048 a window of 16 does ~1/60 of dense attention's work. A process spinning on one of the two cores
+    beside the run slows both variants of each round, so the per-round ratios still rank them alike."""
+    import subprocess
+    import sys
+
+    shape = [*TWO_VARIANTS, "benchmark.seq_lens=[2048]", "benchmark.min_run_time_s=0.05", "benchmark.rounds=3"]
+    quiet, _ = run(tmp_path / "quiet", *shape)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        loaded, _ = run(tmp_path / "busy", *shape)
+    finally:
+        busy.kill()
+        busy.wait()
+    for rows in (quiet, loaded):
+        window = rows[rows["variant"] == "window"].iloc[0]
+        assert window["speedup_round_min"] > 1.0, window["round_medians_s"]  # faster than dense in every round
+    ranking = [list(rows.sort_values("latency_median_s")["variant"]) for rows in (quiet, loaded)]
+    assert ranking[0] == ranking[1] == ["window", "dense_sdpa"]

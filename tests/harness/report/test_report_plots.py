@@ -85,6 +85,8 @@ def test_pareto_joins_speed_and_retrieval_per_configuration(rendered):
     assert set(mqar.index) == {"dense (sdpa)", "sliding_window w=64 (chunked)",
                                "dilated w=[64,128,256] r=[1,2,4] (gather)"}
     assert mqar.loc["dense (sdpa)", "speed_seq_len"] == 4096  # speed taken at the retrieval's N
+    assert set(mqar["speed_seq_len"]) == {4096}  # one matched N for every variant of the task
+    assert set(data.loc[data["task"] == "passkey", "speed_seq_len"]) == {2048}
     assert mqar.loc["dense (sdpa)", "y"] == pytest.approx(0.97)
     passkey = data[data["task"] == "passkey"]
     assert set(passkey["retrieval_seq_len"]) == {2048}  # accuracy at the largest evaluated N only

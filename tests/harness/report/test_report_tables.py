@@ -210,3 +210,34 @@ def test_print_summary_shows_latency_by_n_and_failure_status(fixture_rows):
     assert "N=4096" in text and "dense (sdpa)" in text and "oom" in text and "timeout" in text
     assert "mqar" in text and "acc@1024-4095" in text
     assert "did not end ok" in text
+
+
+def test_each_job_kind_prints_its_summary_in_full(fixture_rows):
+    console = Console(record=True, width=100, force_terminal=False)
+    tables.print_job_summary(fixture_rows, console)
+    text = console.export_text()
+    assert "[share of items]" in text  # brackets are text, not rich markup
+    assert "learnt what its pattern reaches" in text and "mismatches" in text
+    for variant in ("dense (sdpa)", "sliding_window w=64 (chunked)"):
+        assert variant in text
+    # every verdict wraps inside its column instead of being cut: all of its words are printed
+    printed = set(text.replace("│", " ").replace(";", " ").split())
+    for verdict in tables.retrieval_headline(fixture_rows)["verdict"]:
+        assert set(verdict.replace(";", " ").split()) <= printed, verdict
+
+
+def test_max_seq_len_summary_names_what_limited_each_search(fixture_rows):
+    searches = tables.max_seq_len_summary(fixture_rows)
+    limits = dict(zip(searches["variant"], searches["limited_by"]))
+    assert limits == {"dense (math)": "oom", "dense (sdpa)": "latency_budget",
+                      "dilated w=[64,128,256] r=[1,2,4]": "limit"}
+    assert "ok" not in set(searches["limited_by"])
+    assert searches.loc[searches["limited_by"] == "limit", "first_failing_seq_len"].isna().all()
+
+
+def test_headline_metrics_hold_speedups_searches_and_reach(fixture_rows):
+    metrics = tables.headline_metrics(fixture_rows)
+    speedups = {k: v for k, v in metrics.items() if k.endswith("/speedup_vs_dense")}
+    assert speedups and all(v > 0 for v in speedups.values())
+    assert metrics["max_seq_len/dense (sdpa)/forward/full/float32/max_seq_len"] == 7168
+    assert any(k.startswith("retrieval/mqar/") and k.endswith("/within_reach") for k in metrics)
