@@ -103,7 +103,17 @@ def check(cfg: DictConfig) -> list[Callable[..., object]]:
         ResultsStore(cfg.paths.results_dir, cfg.name).check_writable()
     except PermissionError as error:
         raise ConfigError(f"paths.results_dir={cfg.paths.results_dir}: {error}") from None
+    _check_logger(cfg)
     return jobs
+
+
+def _check_logger(cfg: DictConfig) -> None:
+    """Build the logger once now (its constructor does no I/O) so a bad logger.* value is an error up front."""
+    try:
+        instantiate(cfg.logger)
+    except Exception as error:  # noqa: BLE001 - Hydra wraps the constructor's error; report the constructor's own
+        cause = error.__cause__ or error
+        raise ConfigError(f"logger: {' '.join(str(cause).split())}") from None
 
 
 def _hydra_job() -> tuple[str, int | None]:

@@ -256,8 +256,22 @@ def _markdown(sections: list[Section], level: int, plots_dir: Path, root: Path) 
     return lines
 
 
+# Free-text columns wrap inside a bounded width (class "text"), so a wide table with a verdict or a reason still
+# fits the page; every other cell is a number or a short label and stays on one line.
+TEXT_COLUMNS = {"verdict", "reason", "detail", "note", "notes"}
+
+
 def _html_table(frame: pd.DataFrame) -> str:
-    return tables.format_frame(frame).to_html(index=False, border=0, classes="data", escape=True)
+    cells = tables.format_frame(frame)
+    wrap = [str(column) in TEXT_COLUMNS for column in cells.columns]
+
+    def cell(tag: str, value, text: bool) -> str:
+        return f"<{tag}{' class=text' if text else ''}>{html.escape(str(value))}</{tag}>"
+
+    head = "".join(cell("th", column, w) for column, w in zip(cells.columns, wrap))
+    body = "".join("<tr>" + "".join(cell("td", v, w) for v, w in zip(row, wrap)) + "</tr>"
+                   for row in cells.itertuples(index=False))
+    return f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _html(sections: list[Section], level: int) -> list[str]:
@@ -284,7 +298,8 @@ def _html(sections: list[Section], level: int) -> list[str]:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}
 table.data{border-collapse:collapse;font-size:13px;font-variant-numeric:tabular-nums}
 table.data th,table.data td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap}
-table.data th{background:#f4f4f4}.scroll{overflow-x:auto}img{max-width:100%}figcaption{color:#555;font-size:13px}"""
+table.data th{background:#f4f4f4}.scroll{overflow-x:auto}img{max-width:100%}figcaption{color:#555;font-size:13px}
+table.data .text{white-space:normal;min-width:12em;max-width:30em;text-align:left}"""
 
 
 def write_report(store_dir: Path, experiment: str, env: dict | None = None) -> Path:

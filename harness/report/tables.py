@@ -460,7 +460,7 @@ def retrieval_headline_cells(headline: pd.DataFrame) -> pd.DataFrame:
         return f"{text} [{share:.0%}]" if text else ("-" if not share else "")
 
     return pd.DataFrame({
-        "variant": headline["variant"], "N": headline["seq_len"], "lr": headline["lr"], "seeds": headline["seeds"],
+        "variant": headline["variant"], "N": headline["seq_len"],  # rate and seeds: the training table, the CSV
         "converged": headline["converged"],
         "within reach [share]": [cell(r, "within_reach") for _, r in headline.iterrows()],
         "split [share]": [cell(r, "split_reach") for _, r in headline.iterrows()],

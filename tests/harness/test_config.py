@@ -91,6 +91,9 @@ def test_multirun_overrides_expand_to_one_job_each():
     (["benchmark.seqlens=[1]"], "seqlens"),
     (["name=../elsewhere"], "name='../elsewhere' must be a plain folder name"),
     (["jobs=[speed,retreival]"], "['retreival'] not known; choose from: speed, probe, retrieval"),
+    (["logger=wandb", "logger.mode=bogus"], "logger: logger.mode='bogus' is not a W&B mode"),
+    (["logger=wandb", "logger.tags=abc"], "logger.tags='abc' must be a list of strings"),
+    (["benchmark.rounds=0"], "benchmark.rounds=0 must be >= 1"),
 ])
 def test_bad_command_lines_exit_2_with_one_line(argv, message, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["shootout", *argv])
