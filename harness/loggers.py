@@ -123,6 +123,7 @@ class WandbLogger:
         self._wandb: Any = None
         self._curves: set[str] = set()
         self._experiment = ""
+        self._job = ""
         self._offline = False
         self._offline_printed = False
 
@@ -151,6 +152,7 @@ class WandbLogger:
                           f"`pip install wandb`. Continuing without tracking.", RuntimeWarning, stacklevel=2)
             return
         self._wandb = wandb
+        self._job = job
         if self.run is not None and self._in_sweep():
             return  # the sweep agent's run carries every job of this point
         self._curves, self._experiment = set(), experiment
@@ -245,7 +247,8 @@ class WandbLogger:
         return bool(os.environ.get("WANDB_SWEEP_ID"))
 
     def finish(self) -> None:
-        if self.run is None or (self._in_sweep() and self.run.job_type != "report"):
+        # Under a sweep agent the one run stays open across jobs and is finished after the report's job.
+        if self.run is None or (self._in_sweep() and self._job != "report"):
             return
         self._guard("finish", self.run.finish)
         self.run = None

@@ -143,6 +143,7 @@ def run(cfg: DictConfig, jobs: list[Callable[..., object]] | None = None) -> Res
     console = Console(stderr=True)
     config = {**OmegaConf.to_container(cfg, resolve=True), "hydra_overrides": overrides, "job_id": job_id}
     suffix = "" if job_num is None else f"#{job_num}"
+    logged: list[str] = []  # jobs that wrote rows here, so logged a rows artifact for the report run to use
     for name, job in zip(cfg.jobs, jobs):
         logger.start(config, cfg.name, name, f"{cfg.name}/{name}{suffix}")
         try:
@@ -152,6 +153,7 @@ def run(cfg: DictConfig, jobs: list[Callable[..., object]] | None = None) -> Res
                     print_job_summary(rows, console)
                 logger.log_rows(rows, name)
                 logger.log_summary(headline_metrics(rows))
+                logged.append(name)
         finally:
             logger.finish()
     if not lead:
@@ -159,7 +161,7 @@ def run(cfg: DictConfig, jobs: list[Callable[..., object]] | None = None) -> Res
     frame = store.consolidate()
     logger.start(config, cfg.name, "report", f"{cfg.name}/report{suffix}")
     try:
-        logger.use_artifacts([rows_artifact(cfg.name, name) for name in cfg.jobs])
+        logger.use_artifacts([rows_artifact(cfg.name, name) for name in logged])
         logger.log_summary(headline_metrics(frame))
         logger.log_files([store.dir / "results.parquet", store.dir / "results.csv"], name=f"results-{cfg.name}",
                          kind="results")

@@ -96,3 +96,18 @@ def test_a_failing_log_call_warns_and_keeps_going(offline):
 def test_bad_mode_is_rejected_before_any_work():
     with pytest.raises(ValueError, match="logger.mode='onlin'"):
         WandbLogger(mode="onlin")
+
+
+def test_under_a_sweep_agent_every_job_logs_into_one_run_finished_after_the_report(offline, monkeypatch):
+    monkeypatch.setenv("WANDB_SWEEP_ID", "fixture-sweep")
+    logger = WandbLogger(dir=offline)
+    logger.start({}, "fixture", "speed", "fixture/speed")
+    first = logger.run
+    logger.log_curve("speed/a", "seq_len", 64, {"latency_median_s": 1.0})
+    logger.finish()
+    assert logger.run is first  # still open for the next job
+    logger.start({}, "fixture", "report", "fixture/report")
+    assert logger.run is first
+    logger.finish()
+    assert logger.run is None
+    assert len(list((offline / "wandb").glob("offline-run-*"))) == 1
