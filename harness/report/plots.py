@@ -351,7 +351,9 @@ def _legend(figure: Figure, palette: Palette, variants: list[str], statuses: set
     if guides:
         handles += [Line2D([], [], color="0.55", linestyle=":"), Line2D([], [], color="0.55", linestyle="--")]
         labels += ["ideal O(N)", "ideal O(N²)"]
-    figure.legend(handles, labels, loc="outside lower center", ncols=2 if len(labels) > 4 else len(labels),
+    # One row only when the labels are short: four variant names side by side overflow a figure's width.
+    one_row = len(labels) <= 4 and sum(len(label) for label in labels) <= 80
+    figure.legend(handles, labels, loc="outside lower center", ncols=len(labels) if one_row else 2,
                   fontsize="small")
 
 

@@ -129,8 +129,11 @@ def _sections(frame: pd.DataFrame, plots: list[Plot], env: dict[str, str]) -> li
         for name in ("latency_vs_seq_len", "memory_vs_seq_len", "throughput"):
             speed_section.children.append(Section(by_name[name].title, plot=by_name[name]))
         speed_section.children.append(Section(
-            "All speed points", text="Also in tables/speed_summary.csv. noisy: IQR above 10 % of the median.",
-            table=speed.drop(columns=["mechanism", "backend", "params"])))
+            "All speed points", text="Also in tables/speed_summary.csv (full column names). noisy: IQR above "
+                                     "10 % of the median; q1, q3: the quartiles of the raw samples; of ceiling: "
+                                     "useful GFLOP/s over the matmul ceiling measured next to that N; vs dense: "
+                                     "the median per-round speed-up [its range over the rounds].",
+            table=_speed_points(speed)))
         sections.append(speed_section)
 
     searches = tables.max_seq_len_summary(frame)
@@ -165,7 +168,7 @@ def _sections(frame: pd.DataFrame, plots: list[Plot], env: dict[str, str]) -> li
         not_converged = training[(training["converged"] != True) & (training["status"] == "ok")]  # noqa: E712
         capped = training[training["train_stop"] == "time_cap"]
         retrieval_section.children.append(Section(
-            "Training runs", table=training.drop(columns=["reason"]),
+            "Training runs", table=training.drop(columns=["reason", "name"]),
             text="One row per trained model, every rate of each sweep; lr_kept marks the rate the tables use. "
                  "train_stop: ceiling (validation accuracy reached the pattern's ceiling), plateau (no gain over "
                  "the last checks), max_steps (budget spent before either: not converged), time_cap (the "
@@ -214,7 +217,7 @@ def _sections(frame: pd.DataFrame, plots: list[Plot], env: dict[str, str]) -> li
                     text="accuracy: share of (query, head) pairs at that distance whose key came back; "
                          "reachable_fraction: the share the spec predicts; mismatches must be 0. "
                          "Also in tables/probe_summary.csv.",
-                    table=probe.drop(columns=["mechanism", "backend", "params", "reason"]))]))
+                    table=probe.drop(columns=["name", "mechanism", "backend", "params", "reason"]))]))
 
     distributed = tables.distributed_summary(frame)
     if not distributed.empty:
@@ -234,14 +237,39 @@ def _sections(frame: pd.DataFrame, plots: list[Plot], env: dict[str, str]) -> li
     return sections
 
 
+def _speed_points(speed: pd.DataFrame) -> pd.DataFrame:
+    """speed_summary as the report shows it: the round range beside the speed-up in one cell, the IQR as its
+    quartiles (q3 - q1 is the IQR), the variant's parts already in its label."""
+    shown = speed.drop(columns=["mechanism", "backend", "params", "latency_iqr_ms"], errors="ignore")
+    if {"speedup_vs_dense", "speedup_round_min", "speedup_round_max"} <= set(shown.columns):
+        shown["speedup_vs_dense"] = [tables.format_speedup(*values) for values in zip(
+            shown["speedup_vs_dense"], shown["speedup_round_min"], shown["speedup_round_max"])]
+        shown = shown.drop(columns=["speedup_round_min", "speedup_round_max"])
+    # Short headers so the table fits a page; the CSV keeps the full column names.
+    return shown.rename(columns={
+        "seq_len": "N", "latency_median_ms": "median ms", "latency_q1_ms": "q1 ms", "latency_q3_ms": "q3 ms",
+        "tokens_per_s": "tokens/s", "peak_mem_mib": "peak MiB", "useful_gflops_per_s": "GFLOP/s",
+        "fraction_of_peak": "of ceiling", "speedup_vs_dense": "vs dense [rounds]"})
+
+
+def _folded(table: pd.DataFrame | None) -> tuple[pd.DataFrame | None, str]:
+    """The table as shown: settings shared by every row move to one line above it (the CSVs keep them)."""
+    if table is None:
+        return None, ""
+    return tables.fold_constant_columns(table, keep=("variant", "key", "value", "target"))
+
+
 def _markdown(sections: list[Section], level: int, plots_dir: Path, root: Path) -> list[str]:
     lines: list[str] = []
     for section in sections:
         lines += [f"{'#' * level} {section.title}", ""]
+        table, same = _folded(section.table)
         if section.text:
             lines += [section.text, ""]
-        if section.table is not None:
-            lines += [tables.to_markdown(section.table)]
+        if same:
+            lines += [same, ""]
+        if table is not None:
+            lines += [tables.to_markdown(table)]
         plot = section.plot
         if plot is not None:
             if plot.skipped:
@@ -279,10 +307,13 @@ def _html(sections: list[Section], level: int) -> list[str]:
     for section in sections:
         tag = f"h{min(level, 6)}"
         parts.append(f"<{tag}>{html.escape(section.title)}</{tag}>")
+        table, same = _folded(section.table)
         if section.text:
             parts.append(f"<p>{html.escape(section.text)}</p>")
-        if section.table is not None:
-            parts.append(f'<div class="scroll">{_html_table(section.table)}</div>')
+        if same:
+            parts.append(f'<p class="same">{html.escape(same)}</p>')
+        if table is not None:
+            parts.append(f'<div class="scroll">{_html_table(table)}</div>')
         plot = section.plot
         if plot is not None:
             if plot.skipped:
@@ -299,7 +330,8 @@ _CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto
 table.data{border-collapse:collapse;font-size:13px;font-variant-numeric:tabular-nums}
 table.data th,table.data td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap}
 table.data th{background:#f4f4f4}.scroll{overflow-x:auto}img{max-width:100%}figcaption{color:#555;font-size:13px}
-table.data .text{white-space:normal;min-width:12em;max-width:30em;text-align:left}"""
+table.data .text{white-space:normal;min-width:12em;max-width:30em;text-align:left}
+p.same{color:#555;font-size:13px}"""
 
 
 def write_report(store_dir: Path, experiment: str, env: dict | None = None) -> Path:

@@ -721,6 +721,22 @@ def format_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[kept].apply(lambda column: column.map(format_value)) if kept else pd.DataFrame(index=frame.index)
 
 
+def fold_constant_columns(frame: pd.DataFrame, keep: Iterable[str] = ("variant",)) -> tuple[pd.DataFrame, str]:
+    """A table without the columns that hold one value in every row, and a line naming those values.
+
+    A report table of 18 points each saying dtype=float32, batch=1, heads=4 is wider than a page and tells the
+    reader nothing per row; the line above the table says it once. Columns in `keep` always stay (they name
+    the rows), and a table of one row keeps everything (nothing is constant "across" one row)."""
+    if len(frame) < 2:
+        return frame, ""
+    text = format_frame(frame)
+    constant = [c for c in text.columns if c not in set(keep) and text[c].nunique(dropna=False) == 1]
+    if not constant:
+        return frame, ""
+    line = "Same in every row: " + ", ".join(f"{c} = {text[c].iloc[0]}" for c in constant) + "."
+    return frame.drop(columns=constant), line
+
+
 def to_markdown(frame: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table (pandas' to_markdown needs the `tabulate` package; this does not)."""
     text = format_frame(frame)
@@ -736,6 +752,16 @@ def to_markdown(frame: pd.DataFrame) -> str:
              "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in text.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def format_speedup(speedup: float, round_min: float | None = None, round_max: float | None = None) -> str:
+    """'5.8x [4.6-6.5]': the median per-round speed-up and, in brackets, its range over the rounds."""
+    if speedup is None or pd.isna(speedup):
+        return ""
+    spread = (f" [{format_value(round_min)}-{format_value(round_max)}]"
+              if round_min is not None and pd.notna(round_min) and round_max is not None and pd.notna(round_max)
+              else "")
+    return f"{format_value(speedup)}x{spread}"
 
 
 def latency_wide(speed: pd.DataFrame) -> pd.DataFrame:
@@ -758,9 +784,8 @@ def latency_wide(speed: pd.DataFrame) -> pd.DataFrame:
         if key not in last.index:
             return ""
         row = last.loc[key]
-        spread = (f" [{format_value(row['speedup_round_min'])}-{format_value(row['speedup_round_max'])}]"
-                  if pd.notna(row.get("speedup_round_min")) else "")
-        return f"{format_value(row['speedup_vs_dense'])}x{spread} @ {int(row['seq_len'])}"
+        speedup = format_speedup(row["speedup_vs_dense"], row.get("speedup_round_min"), row.get("speedup_round_max"))
+        return f"{speedup} @ {int(row['seq_len'])}"
 
     wide["vs dense (largest N)"] = [versus(key) for key in wide.index]
     wide = wide.reset_index()
@@ -815,6 +840,13 @@ def headline_metrics(frame: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def _wide_off_terminal(console: Any) -> Any:
+    """Logs and CI are not terminals: 200 columns there, rather than squeezing every table into 80 and cutting it."""
+    if not console.is_terminal:
+        console.width = max(console.width, 200)
+    return console
+
+
 def print_job_summary(rows: pd.DataFrame, console: Any = None) -> None:
     """What a job found, printed when it ends: the retrieval headline per variant and N (with its verdict), the
     probe's mismatches per variant. Speed and max_seq_len jobs print their own table as they end; long texts
@@ -823,9 +855,7 @@ def print_job_summary(rows: pd.DataFrame, console: Any = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    console = console or Console(stderr=True)
-    if not console.is_terminal:
-        console.width = max(console.width, 200)  # logs and CI: do not squeeze the tables into 80 columns
+    console = _wide_off_terminal(console or Console(stderr=True))
     headline = retrieval_headline(rows)
     if not headline.empty:
         table = Table(title=escape("retrieval: accuracy within and beyond each pattern's reach (mean, 95 % interval, "
@@ -859,7 +889,7 @@ def print_summary(frame: pd.DataFrame, console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = _wide_off_terminal(console or Console())
     speed = speed_summary(frame)
     wide = latency_wide(speed)
     if not wide.empty:

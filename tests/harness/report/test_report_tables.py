@@ -203,6 +203,18 @@ def test_markdown_table_escapes_pipes_and_formats_numbers():
     assert tables.to_markdown(pd.DataFrame()) == "_(no rows)_\n"
 
 
+def test_constant_columns_fold_into_one_line_and_naming_columns_stay():
+    frame = pd.DataFrame({"variant": ["a", "a"], "dtype": ["float32", "float32"], "heads": [4, 4],
+                          "seq_len": [1024, 2048], "note": [None, None]})
+    shown, line = tables.fold_constant_columns(frame)
+    assert list(shown.columns) == ["variant", "seq_len", "note"]  # an empty column is format_frame's to drop
+    assert line == "Same in every row: dtype = float32, heads = 4."
+    one_row, nothing = tables.fold_constant_columns(frame.head(1))
+    assert nothing == "" and list(one_row.columns) == list(frame.columns)
+    assert tables.format_speedup(5.805, 4.551, 6.497) == "5.805x [4.551-6.497]"
+    assert tables.format_speedup(1.0) == "1x" and tables.format_speedup(float("nan")) == ""
+
+
 def test_print_summary_shows_latency_by_n_and_failure_status(fixture_rows):
     console = Console(width=240, record=True)
     tables.print_summary(fixture_rows, console=console)

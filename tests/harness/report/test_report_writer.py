@@ -50,6 +50,12 @@ def test_write_report_writes_tables_plots_markdown_and_self_contained_html(store
     page = (folder / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 12 and 'src="plots/' not in page
     assert "<table" in page and "9.9-fixture" in page
+    # Wide tables fit a page: settings shared by every row are one line above the table, not a column each
+    points = text.split("### All speed points", 1)[1].split("\n## ", 1)[0]
+    assert "Same in every row:" in points and "head_dim = 32" in points
+    header = next(line for line in points.splitlines() if line.startswith("| variant"))
+    assert "head_dim" not in header and "vs dense [rounds]" in header and "median ms" in header
+    assert '<p class="same">Same in every row:' in page
     assert (report.stat().st_mode & 0o044) == 0o044  # shareable, not 0600
 
 
