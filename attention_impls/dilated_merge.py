@@ -1,8 +1,9 @@
 """LongNet dilated attention as gathered branches merged by log-sum-exp, exact under autograd.
 
 For branch (segment w, rate r) and head offset o, the taking-part positions of each segment are a strided
-slice: segment s, positions s*w + o, s*w + o + r, ... and heads o, o + r, ... So a branch "piece" is a strided
-view of (batch, seq, heads, head_dim). Full segments are batched in one kernel call; the short last segment
+slice: segment s, positions s*w + o, s*w + o + r, ..., and the heads with offset o are a slice too (o, o + r, ...
+for cyclic offsets; one contiguous block for blocked ones). So a branch "piece" is a strided view of
+(batch, seq, heads, head_dim). Full segments are batched in one kernel call; the short last segment
 (if any) is its own call, so no padding exists and none needs masking.
 
 Forward merges pieces online, in place, into one float32 accumulator: (out, lse) <- logaddexp-merge. Backward
@@ -22,7 +23,7 @@ from .params import DilatedParams
 
 @dataclass(frozen=True)
 class Piece:
-    """Segments [start, start + num_segments * length), rows offset::rate of each, heads offset::rate."""
+    """Segments [start, start + num_segments * length), rows offset::rate of each, the heads with that offset."""
 
     start: int
     num_segments: int
@@ -30,18 +31,21 @@ class Piece:
     offset: int
     rate: int
     branch: int = 0  # index of the (segment, rate) pair; pieces of one branch never overlap
+    heads: slice | None = None  # None: offset::rate (cyclic offsets)
+
+    def _heads(self) -> slice:
+        return slice(self.offset, None, self.rate) if self.heads is None else self.heads
 
     def view(self, x_BNHD: torch.Tensor) -> torch.Tensor:
         """Strided view (B, num_segments, m, Hs, D) of a contiguous (B, N, H, D) tensor."""
         b, _, h, d = x_BNHD.shape
         span = x_BNHD[:, self.start : self.start + self.num_segments * self.length]
-        return span.view(b, self.num_segments, self.length, h, d)[:, :, self.offset :: self.rate,
-                                                                   self.offset :: self.rate]
+        return span.view(b, self.num_segments, self.length, h, d)[:, :, self.offset :: self.rate, self._heads()]
 
     def lse_view(self, lse_BHN: torch.Tensor) -> torch.Tensor:
         """Strided view (B, Hs, num_segments, m) of a contiguous (B, H, N) tensor."""
         b, h, _ = lse_BHN.shape
-        span = lse_BHN[:, self.offset :: self.rate, self.start : self.start + self.num_segments * self.length]
+        span = lse_BHN[:, self._heads(), self.start : self.start + self.num_segments * self.length]
         return span.unflatten(2, (self.num_segments, self.length))[..., self.offset :: self.rate]
 
     def gather(self, x_BNHD: torch.Tensor) -> torch.Tensor:
@@ -66,11 +70,12 @@ def plan(params: DilatedParams, seq_len: int, num_heads: int) -> list[Piece]:
     pieces = []
     for branch, (segment, rate) in enumerate(params.branches(seq_len)):
         full_segments, tail = divmod(seq_len, segment)
-        for offset in range(min(rate, num_heads)):
+        for offset in params.offsets(rate, num_heads):
+            heads = params.heads_with_offset(offset, rate, num_heads)
             if full_segments and offset < segment:
-                pieces.append(Piece(0, full_segments, segment, offset, rate, branch))
+                pieces.append(Piece(0, full_segments, segment, offset, rate, branch, heads))
             if tail > offset:
-                pieces.append(Piece(full_segments * segment, 1, tail, offset, rate, branch))
+                pieces.append(Piece(full_segments * segment, 1, tail, offset, rate, branch, heads))
     return pieces
 
 

@@ -69,13 +69,18 @@ class SlidingWindowParams:
         return (self.left, 0) if causal else (self.left, self.right)
 
 
+HEAD_OFFSETS = ("cyclic", "blocked")
+
+
 @dataclass(frozen=True)
 class DilatedParams:
-    """LongNet branches: (segment_lengths[i], dilation_rates[i]) pairs; head h uses offset h mod rate."""
+    """LongNet branches: (segment_lengths[i], dilation_rates[i]) pairs; head h's offset in a branch of rate r is
+    h mod r (`cyclic`, the paper's rule) or h // ceil(H / r) (`blocked`, microsoft/torchscale's code)."""
 
     segment_lengths: tuple[int, ...]
     dilation_rates: tuple[int, ...]
     scale: float | None = None
+    head_offsets: str = "cyclic"
 
     mechanism = "dilated"
 
@@ -83,13 +88,40 @@ class DilatedParams:
         """(segment length clipped to seq_len, rate) per branch."""
         return [(min(w, seq_len), r) for w, r in zip(self.segment_lengths, self.dilation_rates)]
 
+    def offset(self, head, rate: int, num_heads: int | None):
+        """Head `head`'s offset in a branch of this rate (ints or integer tensors). `blocked` depends on the head
+        count, so it needs num_heads; `cyclic` does not."""
+        if self.head_offsets == "cyclic":
+            return head % rate
+        if num_heads is None:
+            raise ValueError("head_offsets='blocked' needs the number of heads (h // ceil(H / r))")
+        return head // _heads_per_offset(rate, num_heads)
+
+    def offsets(self, rate: int, num_heads: int) -> range:
+        """The offsets some head has in a branch of this rate (fewer than rate when H < rate)."""
+        if self.head_offsets == "cyclic":
+            return range(min(rate, num_heads))
+        return range(-(-num_heads // _heads_per_offset(rate, num_heads)))
+
+    def heads_with_offset(self, offset: int, rate: int, num_heads: int) -> slice:
+        """The heads whose offset is `offset`, as a slice of the head axis: every r-th head (cyclic) or one
+        contiguous block of ceil(H / r) heads, the last block shorter when r does not divide H (blocked)."""
+        if self.head_offsets == "cyclic":
+            return slice(offset, None, rate)
+        block = _heads_per_offset(rate, num_heads)
+        return slice(offset * block, min((offset + 1) * block, num_heads))
+
+
+def _heads_per_offset(rate: int, num_heads: int) -> int:
+    return -(-num_heads // rate)  # ceil(H / r) without floats
+
 
 AttentionParams = DenseParams | SlidingWindowParams | DilatedParams
 
 ALLOWED_PARAMS = {
     "dense": ("scale",),
     "sliding_window": ("window", "scale"),
-    "dilated": ("segment_lengths", "dilation_rates", "scale"),
+    "dilated": ("segment_lengths", "dilation_rates", "scale", "head_offsets"),
 }
 
 
@@ -122,10 +154,16 @@ def make_params(mechanism: str, **params: Any) -> AttentionParams:
             f"segment_lengths={list(segment_lengths)} and dilation_rates={list(dilation_rates)} must have "
             f"the same length (one rate per segment length), got {len(segment_lengths)} and {len(dilation_rates)}"
         )
-    dilated = DilatedParams(segment_lengths, dilation_rates, scale=scale)
+    head_offsets = params.get("head_offsets", "cyclic")
+    if not isinstance(head_offsets, str) or head_offsets not in HEAD_OFFSETS:
+        hint = suggest(head_offsets, HEAD_OFFSETS) if isinstance(head_offsets, str) else ""
+        raise ValueError(f"head_offsets={head_offsets!r} is not known{hint}; choose one of {list(HEAD_OFFSETS)} "
+                         "(cyclic: h mod r, the paper's; blocked: h // ceil(H / r), microsoft/torchscale's)")
+    dilated = DilatedParams(segment_lengths, dilation_rates, scale=scale, head_offsets=head_offsets)
     period_positions = math.lcm(*segment_lengths)
     period_heads = math.lcm(*dilation_rates)
-    if period_positions * period_heads <= _MAX_COVERAGE_CHECK:
+    # Blocked offsets depend on H, which is known only at the first call; cyclic ones repeat with period lcm(r).
+    if head_offsets == "cyclic" and period_positions * period_heads <= _MAX_COVERAGE_CHECK:
         check_dilated_coverage(dilated, period_positions, period_heads)
     return dilated
 
@@ -156,9 +194,10 @@ def _parse_positive_list(name: str, values: Any) -> tuple[int, ...]:
 def check_dilated_coverage(params: DilatedParams, num_positions: int, num_heads: int) -> None:
     """Reject a configuration where some (position, head) pair takes part in no branch (spec: Dilated).
 
-    Membership, (p mod w) mod r == h mod r, does not depend on N (clipping a segment to N leaves p mod w
+    Membership, (p mod w) mod r == offset(h), does not depend on N (clipping a segment to N leaves p mod w
     unchanged for p < N), so checking positions [0, num_positions) and heads [0, num_heads) suffices when
-    those are the periods lcm(w) and lcm(r), or the actual N and H.
+    those are the periods lcm(w) and lcm(r), or the actual N and H. Blocked offsets (h // ceil(H / r)) have no
+    period in h: num_heads must be the actual H.
     """
     import torch  # local: params must stay importable and cheap for config validation
 
@@ -166,11 +205,12 @@ def check_dilated_coverage(params: DilatedParams, num_positions: int, num_heads:
     heads = torch.arange(num_heads)[None, :]
     covered = torch.zeros(num_positions, num_heads, dtype=torch.bool)
     for w, r in zip(params.segment_lengths, params.dilation_rates):
-        covered |= (positions % w) % r == heads % r
+        covered |= (positions % w) % r == params.offset(heads, r, num_heads)
     if not bool(covered.all()):
         position, head = (int(x) for x in (~covered).nonzero()[0])
+        rule = "h mod r_i" if params.head_offsets == "cyclic" else f"h // ceil({num_heads} / r_i)"
         raise ValueError(
             f"segment_lengths={list(params.segment_lengths)}, dilation_rates={list(params.dilation_rates)} leave "
             f"position {position} of head {head} in no branch (it takes part in branch i only when "
-            f"(p mod w_i) mod r_i == h mod r_i); add a branch with dilation rate 1"
+            f"(p mod w_i) mod r_i == {rule}); add a branch with dilation rate 1"
         )

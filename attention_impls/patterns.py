@@ -28,14 +28,18 @@ def sliding_window_visible(left: int, right: int) -> IndexFn:
     return visible
 
 
-def dilated_multiplicity(params: DilatedParams, seq_len: int, causal: bool) -> IndexFn:
-    """How many branches score the pair (p, j) for head h: 0 means masked; c > 0 adds log c to the score."""
+def dilated_multiplicity(params: DilatedParams, seq_len: int, causal: bool, num_heads: int | None = None) -> IndexFn:
+    """How many branches score the pair (p, j) for head h: 0 means masked; c > 0 adds log c to the score.
+
+    num_heads: H, which blocked head offsets (h // ceil(H / r)) need; cyclic ones (h mod r) do not."""
     branches = params.branches(seq_len)
+    if params.head_offsets != "cyclic" and num_heads is None:
+        raise ValueError(f"head_offsets={params.head_offsets!r}: dilated_multiplicity needs num_heads")
 
     def multiplicity(query: torch.Tensor, key: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
         count = torch.zeros_like(query - key + head, dtype=torch.int32)
         for segment, rate in branches:
-            offset = head % rate
+            offset = params.offset(head, rate, num_heads)
             same_segment = (query // segment) == (key // segment)
             takes_part = ((query % segment) % rate == offset) & ((key % segment) % rate == offset)
             count = count + (same_segment & takes_part).to(torch.int32)
@@ -79,7 +83,7 @@ def dilated_pairs(seq_len: int, num_heads: int, params: DilatedParams, causal: b
     for segment, rate in params.branches(seq_len):
         full_segments, tail = divmod(seq_len, segment)
         for head in range(num_heads):
-            offset = head % rate
+            offset = params.offset(head, rate, num_heads)
             for length, copies in ((segment, full_segments), (tail, 1)):
                 n = _participants(length, rate, offset)
                 total += copies * (_triangle(n) if causal else n * n)

@@ -55,7 +55,8 @@ def dilated_multiplicity(n: int, num_heads: int, params: DilatedParams, causal: 
     for segment, rate in zip(params.segment_lengths, params.dilation_rates):
         segment = min(segment, n)
         for head in range(num_heads):
-            offset = head % rate
+            # spec, "Head offsets": cyclic o = h mod r; blocked o = h // ceil(H / r)
+            offset = head % rate if params.head_offsets == "cyclic" else head // math.ceil(num_heads / rate)
             q_part = (query % segment) % rate == offset
             k_part = (key % segment) % rate == offset
             same_segment = query // segment == key // segment

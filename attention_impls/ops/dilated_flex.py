@@ -17,7 +17,7 @@ class DilatedFlex(FlexBackend):
     heads_in_mask = True
 
     def mask_mod(self, seq_len, num_heads, causal):
-        multiplicity = dilated_multiplicity(self.params, seq_len, causal)
+        multiplicity = dilated_multiplicity(self.params, seq_len, causal, num_heads)
 
         def mask_mod(batch, head, query, key):
             return multiplicity(query, key, head) > 0
@@ -25,7 +25,7 @@ class DilatedFlex(FlexBackend):
         return mask_mod
 
     def score_mod(self, seq_len, num_heads, causal):
-        multiplicity = dilated_multiplicity(self.params, seq_len, causal)
+        multiplicity = dilated_multiplicity(self.params, seq_len, causal, num_heads)
 
         def score_mod(score, batch, head, query, key):
             return score + torch.log(multiplicity(query, key, head).to(score.dtype))

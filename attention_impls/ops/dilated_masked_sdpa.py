@@ -29,7 +29,7 @@ class DilatedMaskedSdpa(AttentionBackend):
             # floats for every N it passed.
             self._masks.clear()
             positions = torch.arange(seq_len, device=device)
-            count = dilated_multiplicity(self.params, seq_len, causal)(
+            count = dilated_multiplicity(self.params, seq_len, causal, num_heads)(
                 positions[None, :, None], positions[None, None, :], torch.arange(num_heads, device=device)[:, None,
                                                                                                           None])
             self._masks[key] = torch.log(count.to(dtype))  # log 0 = -inf: never scored

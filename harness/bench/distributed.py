@@ -229,6 +229,10 @@ def plan_distributed(cfg: DictConfig) -> DistributedPlan:
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{where} ({node.name}): {error}") from None
         if node.mechanism == "dilated":
+            if spec.head_offsets != "cyclic":
+                raise ConfigError(f"{where} ({node.name}): head_offsets={spec.head_offsets!r} is not supported by "
+                                  "the sequence-parallel attention, which splits heads by h mod r (use "
+                                  "head_offsets=cyclic)")
             for seq_len in seq_lens:
                 try:
                     check_dilated_coverage(spec, seq_len, bench.heads)

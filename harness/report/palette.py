@@ -65,6 +65,8 @@ def params_summary(mechanism: str, params: Any) -> str:
             window = window[0]
         parts.append(f"w={_compact(window)}")
     if mechanism == "dilated":
+        if values.get("head_offsets") == "cyclic":
+            values.pop("head_offsets")  # the default: naming it would split one pattern into two labels
         if "segment_lengths" in values:
             parts.append(f"w={_compact(values.pop('segment_lengths'))}")
         if "dilation_rates" in values:

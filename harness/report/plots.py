@@ -999,7 +999,7 @@ def _pattern(params, positions: int, heads: int, causal: bool) -> np.ndarray:
             left, right = params.window(causal)
             count = sliding_window_visible(left, right)(query, key, h).to(torch.int32)
         else:
-            count = dilated_multiplicity(params, positions, causal)(query, key, h)
+            count = dilated_multiplicity(params, positions, causal, heads)(query, key, h)
         if causal:
             count = torch.where(key <= query, count, torch.zeros_like(count))
         pictures.append(count.numpy())

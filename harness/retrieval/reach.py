@@ -36,7 +36,7 @@ def one_layer_visible(params: AttentionParams, seq_len: int, num_heads: int, cau
         left, right = params.window(causal)
         visible = sliding_window_visible(left, right)(query, key, head).expand(num_heads, seq_len, seq_len)
     else:
-        visible = dilated_multiplicity(params, seq_len, causal)(query, key, head) > 0
+        visible = dilated_multiplicity(params, seq_len, causal, num_heads)(query, key, head) > 0
     if causal:
         visible = visible & (key <= query)
     return visible.clone()

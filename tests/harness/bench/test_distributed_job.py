@@ -137,6 +137,7 @@ def test_store_is_readable_and_a_rerun_measures_only_the_failed_points(faulty_ru
     ("distributed.calls_per_sample=0", "distributed.calls_per_sample=0 must be >= 1"),
     ("distributed.fault_hook=no_such_module:f", "distributed.fault_hook='no_such_module:f': cannot import"),
     ("benchmark.device=cuda:1", "the distributed job takes cpu, cuda or auto"),
+    ("+variants.dilated.params.head_offsets=blocked", "head_offsets='blocked' is not supported by the sequence-"),
 ])
 def test_bad_config_fails_before_anything_runs(override, message, tmp_path):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):

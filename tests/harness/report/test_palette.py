@@ -47,3 +47,13 @@ def test_styles_stay_distinct_beyond_the_palette_size():
     pairs = {(s.color, s.marker, s.linestyle) for s in palette.styles.values()}
     assert len(pairs) == 20
     assert pd.Series([s.color for s in palette.styles.values()]).isin(OKABE_ITO).all()
+
+
+def test_blocked_head_offsets_are_named_and_the_default_is_not():
+    from harness.report.palette import variant_label
+
+    rates = {"segment_lengths": [8, 16], "dilation_rates": [1, 2]}
+    assert variant_label("dilated", "gather", {**rates, "head_offsets": "cyclic"}) == variant_label(
+        "dilated", "gather", rates) == "dilated w=[8,16] r=[1,2] (gather)"
+    assert variant_label("dilated", "gather", {**rates, "head_offsets": "blocked"}) == (
+        "dilated w=[8,16] r=[1,2] head_offsets=blocked (gather)")
