@@ -12,13 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from . import backends, build
+from .mechanisms import REGISTRY as MECHANISM_REGISTRY
 from .registry import REGISTRY
 
-DEMO_PARAMS = {
-    "dense": {},
-    "sliding_window": {"window": 64},
-    "dilated": {"segment_lengths": [64, 128, 256], "dilation_rates": [1, 2, 4]},
-}
+DEMO_PARAMS = {name: mechanism.example_params for name, mechanism in MECHANISM_REGISTRY.items()}
 
 
 def check_backend(mechanism: str, backend: str, shape=(1, 512, 4, 32), causal: bool = True) -> tuple[float, float]:

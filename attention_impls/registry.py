@@ -12,34 +12,25 @@ from typing import Any, ClassVar
 
 import torch
 
-from .params import MECHANISMS, AttentionParams, DilatedParams, check_dilated_coverage, check_mechanism
-from .params import make_params, suggest
+from .mechanisms import MECHANISMS, check_mechanism, get_mechanism
+from .mechanisms.base import suggest
+from .params import AttentionParams, make_params
 
 REGISTRY: dict[str, dict[str, type["AttentionBackend"]]] = {mechanism: {} for mechanism in MECHANISMS}
 
-# backend=None picks the first backend in this order that supports the inputs (device, dtype, causal, backward).
-# The CPU order is the speed ranking measured by scripts/perf_targets.py (results/perf/NOTES.md; causal forward,
-# N = 8192: sliding window chunked 122 ms, flex 173 ms, masked_sdpa 1868 ms; dilated gather 348 ms, flex 6020 ms).
-# The CUDA order is the expected ranking, not yet measured here. References are never picked automatically.
+
+# Views of what each mechanism declares, keyed (mechanism, device type), for scripts and tests that read them.
 PRIORITY: dict[tuple[str, str], tuple[str, ...]] = {
-    ("dense", "cpu"): ("sdpa", "math"),
-    ("dense", "cuda"): ("sdpa", "xformers", "math"),
-    ("sliding_window", "cpu"): ("chunked", "flex", "masked_sdpa"),
-    ("sliding_window", "cuda"): ("flash", "flex", "xformers", "chunked", "masked_sdpa"),
-    ("dilated", "cpu"): ("gather", "flex", "masked_sdpa"),
-    ("dilated", "cuda"): ("xformers", "gather", "flex", "masked_sdpa"),
-}
-
-
-# At short sequences a materialised mask through one SDPA call beats the band and gather backends, whose fixed
-# cost per call dominates there: up to the N given here backend=None tries these first (training shapes of
-# the retrieval models, B=32, H=2, D=32, forward+backward; scripts/bench_small_n.py, results/perf/NOTES.md).
-SLIDING_WINDOW_MASK_UP_TO = 192  # masked 14.5 ms vs chunked 15.9 ms at 192; 20.0 vs 17.6 at 224
-DILATED_MASK_UP_TO = 96  # masked 7.2 ms vs gather 7.7 ms at 96; 11.6 vs 9.6 at 128
+    (m, device): order for m in MECHANISMS for device, order in get_mechanism(m).priority.items()}
 SMALL_N_PRIORITY: dict[tuple[str, str], tuple[int, tuple[str, ...]]] = {
-    ("sliding_window", "cpu"): (SLIDING_WINDOW_MASK_UP_TO, ("masked_sdpa",)),
-    ("dilated", "cpu"): (DILATED_MASK_UP_TO, ("masked_sdpa",)),
-}
+    (m, device): rule for m in MECHANISMS for device, rule in get_mechanism(m).small_n_priority.items()}
+
+
+def priority(mechanism: str, device_type: str) -> tuple[str, ...]:
+    """The order backend=None tries (the mechanism's measured ranking for this device type, else every
+    registered backend but the reference). References are never picked automatically."""
+    order = get_mechanism(mechanism).priority.get(device_type)
+    return order if order is not None else tuple(n for n in REGISTRY[mechanism] if n != "reference")
 
 
 def register(cls: type["AttentionBackend"]) -> type["AttentionBackend"]:
@@ -193,7 +184,7 @@ class Attention(torch.nn.Module):
     """`attn(q, k, v, causal=False) -> out` for one mechanism, with a fixed or automatically picked backend.
 
     With backend=None the backend is picked on the first call for each (device, dtype, needs-backward, head_dim,
-    short sequence or not: SMALL_N_PRIORITY) and remembered; `.backend` names the one used last and `.picked`
+    short sequence or not: the mechanism's small_n_priority) and remembered; `.backend` names the one used last and `.picked`
     lists every choice made.
     """
 
@@ -224,7 +215,7 @@ class Attention(torch.nn.Module):
                 head_dim: int | None = None, seq_len: int | None = None) -> str:
         """The backend name to run for these inputs; raises with every candidate's reasons when none fits.
 
-        seq_len: the sequence length, where known; a short one puts SMALL_N_PRIORITY's backends first."""
+        seq_len: the sequence length, where known; a short one puts the mechanism's small_n_priority first."""
         if self.requested_backend is not None:
             cls = get_backend_class(self.mechanism, self.requested_backend)
             reasons = cls.not_supported_reasons(device, dtype, causal, requires_grad, head_dim)
@@ -235,13 +226,12 @@ class Attention(torch.nn.Module):
                     f"{_fitting_names(self.mechanism, device, dtype, causal, requires_grad, head_dim) or 'none'}"
                 )
             return self.requested_backend
-        up_to, short_first = SMALL_N_PRIORITY.get((self.mechanism, device.type), (0, ()))
+        up_to, short_first = get_mechanism(self.mechanism).small_n_priority.get(device.type, (0, ()))
         short = seq_len is not None and seq_len <= up_to
         key = (str(device), _dtype_name(dtype), requires_grad, head_dim, short)
         if key in self.picked:
             return self.picked[key]
-        order = PRIORITY.get((self.mechanism, device.type), tuple(n for n in REGISTRY[self.mechanism]
-                                                                  if n != "reference"))
+        order = priority(self.mechanism, device.type)
         if short:
             order = short_first + tuple(n for n in order if n not in short_first)
         report = []
@@ -257,11 +247,10 @@ class Attention(torch.nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
         check_inputs(q, k, v)
-        if isinstance(self.params, DilatedParams):
-            seq_len, num_heads = q.shape[1], q.shape[2]
-            if (seq_len, num_heads) not in self._coverage_checked:
-                check_dilated_coverage(self.params, seq_len, num_heads)
-                self._coverage_checked.add((seq_len, num_heads))
+        seq_len, num_heads = q.shape[1], q.shape[2]
+        if (seq_len, num_heads) not in self._coverage_checked:
+            get_mechanism(self.mechanism).check_shape(self.params, seq_len, num_heads)
+            self._coverage_checked.add((seq_len, num_heads))
         requires_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         name = self.resolve(q.device, q.dtype, causal, requires_grad, head_dim=q.shape[-1], seq_len=q.shape[1])
         self.backend = name

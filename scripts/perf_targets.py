@@ -25,6 +25,7 @@ import attention_impls as ai
 from attention_impls.dilated_merge import plan
 from attention_impls.kernels import default_scale
 from attention_impls.ops.dilated_gather import branch_kernel
+from attention_impls.mechanisms import get_mechanism
 from attention_impls.registry import PRIORITY
 from harness.bench.measure import matmul_ceiling, peak_memory_bytes, time_call
 from harness.environment import fingerprint
@@ -313,7 +314,8 @@ class Targets:
     # -- target 4: backend=None picks the fastest ----------------------------------------------------------------
     def auto_pick(self) -> None:
         sizes, n = self.sizes, self.sizes.pick_n
-        params = {"dense": {}, "sliding_window": {"window": sizes.window}, "dilated": sizes.dilated}
+        sized = {"sliding_window": {"window": sizes.window}, "dilated": sizes.dilated}
+        params = {m: sized.get(m, get_mechanism(m).example_params) for m in ai.MECHANISMS}
         q, k, v, _ = self.inputs(n)
         for mechanism in ai.MECHANISMS:
             times = {}

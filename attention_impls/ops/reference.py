@@ -1,10 +1,11 @@
-"""The float64 references as selectable backends (small N only: they materialise N x N scores)."""
+"""The float64 references as selectable backends, one per mechanism (small N only: they materialise N x N
+scores). Registered for every mechanism by looping, so a new mechanism has its reference backend for free."""
 
 from __future__ import annotations
 
 import torch
 
-from .. import reference
+from ..mechanisms import MECHANISMS, get_mechanism
 from ..registry import AttentionBackend, register
 
 _ALL_FLOATS = frozenset({torch.float64, torch.float32, torch.float16, torch.bfloat16})
@@ -15,26 +16,10 @@ class _Reference(AttentionBackend):
     description = "float64 oracle from the spec; O(N^2) memory"
     dtypes = _ALL_FLOATS
 
-
-@register
-class DenseReference(_Reference):
-    mechanism = "dense"
-
     def forward(self, q, k, v, causal):
-        return reference.dense(q, k, v, self.params, causal)
+        return get_mechanism(self.mechanism).reference(q, k, v, self.params, causal)
 
 
-@register
-class SlidingWindowReference(_Reference):
-    mechanism = "sliding_window"
-
-    def forward(self, q, k, v, causal):
-        return reference.sliding_window(q, k, v, self.params, causal)
-
-
-@register
-class DilatedReference(_Reference):
-    mechanism = "dilated"
-
-    def forward(self, q, k, v, causal):
-        return reference.dilated(q, k, v, self.params, causal)
+for _mechanism in MECHANISMS:
+    _name = "".join(part.title() for part in _mechanism.split("_")) + "Reference"
+    register(type(_name, (_Reference,), {"mechanism": _mechanism, "__module__": __name__}))

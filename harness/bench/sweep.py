@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import attention_impls
-from attention_impls.params import check_dilated_coverage
+from attention_impls.mechanisms import get_mechanism
 from attention_impls.registry import get_backend_class
 
 from .. import environment
@@ -197,12 +197,11 @@ def _check_variant_here(variant: Variant, device: str, seq_lens: list[int], benc
         if variant.backend == "reference" and seq_len > REFERENCE_MAX_SEQ_LEN:
             raise ConfigError(f"{variant.name}: seq_len={seq_len} is too large for the float64 reference, which "
                               f"materialises N x N scores (at most {REFERENCE_MAX_SEQ_LEN})")
-        if variant.mechanism == "dilated":
-            try:
-                check_dilated_coverage(attention_impls.make_params("dilated", **variant.params), seq_len,
-                                       bench.heads)
-            except ValueError as error:
-                raise ConfigError(f"{variant.name}: seq_len={seq_len}, heads={bench.heads}: {error}") from None
+        try:
+            get_mechanism(variant.mechanism).check_shape(
+                attention_impls.make_params(variant.mechanism, **variant.params), seq_len, bench.heads)
+        except ValueError as error:
+            raise ConfigError(f"{variant.name}: seq_len={seq_len}, heads={bench.heads}: {error}") from None
 
 
 # ---- running -------------------------------------------------------------------------------------------------

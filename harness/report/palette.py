@@ -14,7 +14,8 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from attention_impls.params import MECHANISMS
+from attention_impls.mechanisms import MECHANISMS, REGISTRY
+from attention_impls.mechanisms.base import compact
 
 # Okabe & Ito (2008), the colour-blind-safe qualitative palette; yellow (#F0E442) is left out because it
 # vanishes on white. Markers cycle on a different period, so variants 8 and up still differ from 1 to 7.
@@ -47,32 +48,15 @@ def parse_params(params: Any) -> dict[str, Any]:
     raise TypeError(f"params={params!r} must be JSON text or a dict, got {type(params).__name__}")
 
 
-def _compact(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_compact(v) for v in value) + "]"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
 def params_summary(mechanism: str, params: Any) -> str:
-    """Short parameter text: 'w=256', 'w=[128,0]', 'w=[256,512] r=[1,2]', '' for dense."""
+    """Short parameter text: 'w=256', 'w=[128,0]', 'w=[256,512] r=[1,2]', '' for dense. The mechanism names
+    its own parameters; any others (scale, or those of a mechanism this code no longer knows) follow as key=value."""
     values = parse_params(params)
     parts = []
-    if mechanism == "sliding_window" and "window" in values:
-        window = values.pop("window")
-        if isinstance(window, (list, tuple)) and len(window) == 2 and window[0] == window[1]:
-            window = window[0]
-        parts.append(f"w={_compact(window)}")
-    if mechanism == "dilated":
-        if values.get("head_offsets") == "cyclic":
-            values.pop("head_offsets")  # the default: naming it would split one pattern into two labels
-        if "segment_lengths" in values:
-            parts.append(f"w={_compact(values.pop('segment_lengths'))}")
-        if "dilation_rates" in values:
-            parts.append(f"r={_compact(values.pop('dilation_rates'))}")
-    parts += [f"{key}={_compact(value)}" for key, value in sorted(values.items()) if value is not None]
-    return " ".join(parts)
+    if mechanism in REGISTRY:
+        parts.append(REGISTRY[mechanism].label(values))
+    parts += [f"{key}={compact(value)}" for key, value in sorted(values.items()) if value is not None]
+    return " ".join(part for part in parts if part)
 
 
 def _is_missing(value: Any) -> bool:
@@ -98,17 +82,10 @@ def add_variant_column(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _sort_key(mechanism: Any, backend: Any, params: Any) -> tuple:
-    """Dense first, then sliding window, then dilated; within one, by parameter size, then backend."""
+    """Mechanisms in registry order (dense first); within one, by parameter size, then backend."""
     mechanism = "unknown" if _is_missing(mechanism) else str(mechanism)
     rank = MECHANISMS.index(mechanism) if mechanism in MECHANISMS else len(MECHANISMS)
-    values = parse_params(params)
-    numbers: list[float] = []
-    for key in ("window", "segment_lengths", "dilation_rates"):
-        value = values.get(key)
-        if isinstance(value, (list, tuple)):
-            numbers += [float(v) for v in value]
-        elif isinstance(value, (int, float)):
-            numbers.append(float(value))
+    numbers = REGISTRY[mechanism].size(parse_params(params)) if mechanism in REGISTRY else []
     return (rank, numbers, params_summary(mechanism, params), "" if _is_missing(backend) else str(backend))
 
 

@@ -28,8 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from attention_impls import make_params
-from attention_impls.params import DenseParams, DilatedParams, SlidingWindowParams
-from attention_impls.patterns import dilated_multiplicity, sliding_window_visible
+from attention_impls.mechanisms import get_mechanism
 
 from . import tables
 from .palette import STATUS_MARKERS, Palette, parse_params, variant_label
@@ -986,24 +985,13 @@ def _pattern_configs(frame: pd.DataFrame) -> list[dict]:
     return list(configs.values())
 
 
-def _pattern(params, positions: int, heads: int, causal: bool) -> np.ndarray:
-    """(heads, queries, keys) multiplicity: how many branches score each pair (0 = not scored)."""
+def _pattern(params, positions: int, heads: int, num_heads: int, causal: bool) -> np.ndarray:
+    """(heads, queries, keys) multiplicity of the first `heads` of `num_heads`: how many times each pair is
+    scored (0 = not scored), from the mechanism's own index function."""
     query = torch.arange(positions)[:, None]
     key = torch.arange(positions)[None, :]
-    pictures = []
-    for head in range(heads):
-        h = torch.tensor(head)
-        if isinstance(params, DenseParams):
-            count = torch.ones(positions, positions, dtype=torch.int32)
-        elif isinstance(params, SlidingWindowParams):
-            left, right = params.window(causal)
-            count = sliding_window_visible(left, right)(query, key, h).to(torch.int32)
-        else:
-            count = dilated_multiplicity(params, positions, causal, heads)(query, key, h)
-        if causal:
-            count = torch.where(key <= query, count, torch.zeros_like(count))
-        pictures.append(count.numpy())
-    return np.stack(pictures)
+    multiplicity = get_mechanism(params).multiplicity(params, positions, num_heads, causal)
+    return np.stack([multiplicity(query, key, torch.tensor(head)).to(torch.int32).numpy() for head in range(heads)])
 
 
 def plot_attention_patterns(frame: pd.DataFrame, out_dir: Path, palette: Palette,
@@ -1021,19 +1009,14 @@ def plot_attention_patterns(frame: pd.DataFrame, out_dir: Path, palette: Palette
             pictures.append(dict(config, error=str(error)))
             continue
         seq_len = config["seq_len"] or max_positions
-        if isinstance(params, DilatedParams):
-            # Every head offset h mod r of the largest rate, up to MAX_PATTERN_HEADS panels.
-            distinct = math.lcm(*params.dilation_rates)
-            heads = min(distinct, config["heads"] or distinct, MAX_PATTERN_HEADS)
-            wanted = 2 * max(params.segment_lengths)
-        elif isinstance(params, SlidingWindowParams):
-            heads, wanted = 1, 4 * (params.left + params.right + 1)
-        else:
-            heads, wanted = 1, 32
+        mechanism = get_mechanism(params)
+        distinct, wanted = mechanism.picture_size(params, config["heads"] or None)
+        num_heads = config["heads"] or distinct
+        heads = min(distinct, num_heads, MAX_PATTERN_HEADS)
         positions = max(8, min(seq_len, wanted, max_positions))
         causal = config["causal"] == {True}
-        pictures.append(dict(config, params_object=params, positions=positions, heads_shown=heads, causal=causal,
-                             grid=_pattern(params, positions, heads, causal)))
+        pictures.append(dict(config, per_head=mechanism.per_head, positions=positions, heads_shown=heads,
+                             causal=causal, grid=_pattern(params, positions, heads, num_heads, causal)))
     drawable = [p for p in pictures if "grid" in p]
     if not drawable:
         return _skip(name, title, "; ".join(f"{p['label']}: {p['error']}" for p in pictures))
@@ -1061,7 +1044,7 @@ def plot_attention_patterns(frame: pd.DataFrame, out_dir: Path, palette: Palette
             image = ax.imshow(grid, cmap=cmap, norm=norm, interpolation="nearest", origin="upper",
                               extent=(-0.5, n - 0.5, n - 0.5, -0.5))
             ax.grid(False)
-            head_text = f"head {head}" if isinstance(picture["params_object"], DilatedParams) else "every head"
+            head_text = f"head {head}" if picture["per_head"] else "every head"
             ax.set_title(f"{picture['label']}{' causal' if picture['causal'] else ''}\n{head_text}; {shown}",
                          fontsize="small")
             ax.set_xlabel("key position")

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 
 from attention_impls import make_params
-from attention_impls.params import AttentionParams, DenseParams, SlidingWindowParams
-from attention_impls.patterns import dilated_multiplicity, sliding_window_visible
+from attention_impls.mechanisms import get_mechanism
+from attention_impls.params import AttentionParams
 
 
 def params_of(attention: dict) -> AttentionParams:
@@ -30,16 +30,10 @@ def one_layer_visible(params: AttentionParams, seq_len: int, num_heads: int, cau
     query = torch.arange(seq_len, device=device)[None, :, None]
     key = torch.arange(seq_len, device=device)[None, None, :]
     head = torch.arange(num_heads, device=device)[:, None, None]
-    if isinstance(params, DenseParams):
-        visible = torch.ones(num_heads, seq_len, seq_len, dtype=torch.bool, device=device)
-    elif isinstance(params, SlidingWindowParams):
-        left, right = params.window(causal)
-        visible = sliding_window_visible(left, right)(query, key, head).expand(num_heads, seq_len, seq_len)
-    else:
-        visible = dilated_multiplicity(params, seq_len, causal, num_heads)(query, key, head) > 0
+    visible = get_mechanism(params).multiplicity(params, seq_len, num_heads, causal)(query, key, head) > 0
     if causal:
         visible = visible & (key <= query)
-    return visible.clone()
+    return visible.expand(num_heads, seq_len, seq_len).clone()
 
 
 def receptive_field(params: AttentionParams, seq_len: int, num_heads: int, depth: int, causal: bool = True,
@@ -52,17 +46,14 @@ def receptive_field(params: AttentionParams, seq_len: int, num_heads: int, depth
     """
     if depth < 1:
         raise ValueError(f"depth={depth} must be >= 1")
-    if isinstance(params, SlidingWindowParams):
-        left, right = params.window(causal)
-        left += int(token_shift)
-        offset = torch.arange(seq_len)[None, :] - torch.arange(seq_len)[:, None]  # key - query
-        return (offset >= -depth * left) & (offset <= depth * right)
+    mechanism = get_mechanism(params)
+    closed = mechanism.receptive_field(params, seq_len, depth, causal, token_shift)
+    if closed is not None:
+        return closed
     step = (one_layer_visible(params, seq_len, num_heads, causal, device).any(dim=0)
             | torch.eye(seq_len, dtype=torch.bool, device=device))
     if token_shift:
         step[:, :-1] |= step[:, 1:].clone()  # reading m also reads m - 1
-    if isinstance(params, DenseParams):
-        return step.cpu()  # already closed under composition
     field = step
     step_f = step.float()
     for _ in range(depth - 1):
@@ -76,10 +67,9 @@ def theoretical_reach(params: AttentionParams, seq_len: int, num_heads: int, dep
 
     field: this configuration's receptive_field when already computed (else computed here, where no closed form
     exists)."""
-    if isinstance(params, DenseParams):
-        return seq_len - 1
-    if isinstance(params, SlidingWindowParams):
-        return min(depth * (params.window(causal)[0] + int(token_shift)), seq_len - 1)
+    closed = get_mechanism(params).reach(params, seq_len, depth, causal, token_shift)
+    if closed is not None:
+        return closed
     if field is None:
         field = receptive_field(params, seq_len, num_heads, depth, causal, token_shift)
     return longest_distance(field)

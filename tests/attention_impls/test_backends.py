@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import attention_impls as ai
 from attention_impls.dilated_merge import dilated_attention
 from attention_impls.kernels import CpuFlashKernel, MathKernel
+from attention_impls.mechanisms import get_mechanism
 from attention_impls.registry import REGISTRY
 
 TOLERANCE = {torch.float32: (1e-4, 1e-4), torch.float64: (1e-10, 1e-10)}
@@ -40,20 +41,13 @@ def shapes(draw):
     )
 
 
-@st.composite
-def dilated_params(draw):
-    count = draw(st.integers(1, 3))
-    segments = draw(st.lists(st.integers(1, 40), min_size=count, max_size=count))
-    rates = draw(st.lists(st.integers(1, 6), min_size=count - 1, max_size=count - 1))
-    rates.insert(draw(st.integers(0, count - 1)), 1)  # a rate-1 branch covers every (position, head), anywhere
-    return {"segment_lengths": segments, "dilation_rates": rates}
+def dilated_params():
+    return get_mechanism("dilated").param_strategy()
 
 
-window_params = st.one_of(
-    st.integers(0, 60).map(lambda w: {"window": w}),
-    st.tuples(st.integers(0, 20), st.integers(0, 20)).map(lambda lr: {"window": list(lr)}),
-)
-PARAMS = {"dense": st.just({}), "sliding_window": window_params, "dilated": dilated_params()}
+window_params = get_mechanism("sliding_window").param_strategy()
+# Each mechanism draws its own valid parameters (attention_impls/mechanisms/<name>.py, param_strategy).
+PARAMS = {mechanism: get_mechanism(mechanism).param_strategy() for mechanism in ai.MECHANISMS}
 
 
 def _inputs(shape, dtype, seed):
@@ -152,9 +146,10 @@ def test_flex_matches_reference_forward(mechanism, params, shape):
     assert_matches_reference(ai.build(mechanism, "flex", **params), mechanism, params, shape, backward=False)
 
 
-CAUSAL_CASES = [("dense", b, {}) for b in CPU_BACKENDS["dense"]] + [
-    ("sliding_window", b, {"window": [4, 6]}) for b in CPU_BACKENDS["sliding_window"]] + [
-    ("dilated", b, {"segment_lengths": [5, 12, 40], "dilation_rates": [1, 2, 3]}) for b in CPU_BACKENDS["dilated"]]
+CAUSAL_PARAMS = {"dense": {}, "sliding_window": {"window": [4, 6]},
+                 "dilated": {"segment_lengths": [5, 12, 40], "dilation_rates": [1, 2, 3]}}
+CAUSAL_CASES = [(m, b, CAUSAL_PARAMS.get(m, get_mechanism(m).example_params))
+                for m in ai.MECHANISMS for b in CPU_BACKENDS[m]]
 
 
 @pytest.mark.parametrize("mechanism, backend, params", CAUSAL_CASES)

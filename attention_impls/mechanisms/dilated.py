@@ -1,0 +1,243 @@
+"""LongNet dilated attention (spec: Dilated): branches (segment length w, dilation rate r); in a branch, a
+position takes part when its index within its segment is congruent to the head's offset mod r, and sees the
+taking-part keys of its own segment. One softmax over the multiset union of the branches' keys."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from .base import IndexFn, Mechanism, causal_mask, check_int, check_scale, compact, suggest
+from .dense import _triangle
+
+HEAD_OFFSETS = ("cyclic", "blocked")
+
+# Coverage of a dilated configuration repeats with period lcm(segment_lengths) in position and lcm(rates) in head;
+# past this many (position, head) pairs the check is deferred to the first call, where N and H are known.
+_MAX_COVERAGE_CHECK = 1 << 24
+
+
+@dataclass(frozen=True)
+class DilatedParams:
+    """LongNet branches: (segment_lengths[i], dilation_rates[i]) pairs; head h's offset in a branch of rate r is
+    h mod r (`cyclic`, the paper's rule) or h // ceil(H / r) (`blocked`, microsoft/torchscale's code)."""
+
+    segment_lengths: tuple[int, ...]
+    dilation_rates: tuple[int, ...]
+    scale: float | None = None
+    head_offsets: str = "cyclic"
+
+    mechanism = "dilated"
+
+    def branches(self, seq_len: int) -> list[tuple[int, int]]:
+        """(segment length clipped to seq_len, rate) per branch."""
+        return [(min(w, seq_len), r) for w, r in zip(self.segment_lengths, self.dilation_rates)]
+
+    def offset(self, head, rate: int, num_heads: int | None):
+        """Head `head`'s offset in a branch of this rate (ints or integer tensors). `blocked` depends on the head
+        count, so it needs num_heads; `cyclic` does not."""
+        if self.head_offsets == "cyclic":
+            return head % rate
+        if num_heads is None:
+            raise ValueError("head_offsets='blocked' needs the number of heads (h // ceil(H / r))")
+        return head // _heads_per_offset(rate, num_heads)
+
+    def offsets(self, rate: int, num_heads: int) -> range:
+        """The offsets some head has in a branch of this rate (fewer than rate when H < rate)."""
+        if self.head_offsets == "cyclic":
+            return range(min(rate, num_heads))
+        return range(-(-num_heads // _heads_per_offset(rate, num_heads)))
+
+    def heads_with_offset(self, offset: int, rate: int, num_heads: int) -> slice:
+        """The heads whose offset is `offset`, as a slice of the head axis: every r-th head (cyclic) or one
+        contiguous block of ceil(H / r) heads, the last block shorter when r does not divide H (blocked)."""
+        if self.head_offsets == "cyclic":
+            return slice(offset, None, rate)
+        block = _heads_per_offset(rate, num_heads)
+        return slice(offset * block, min((offset + 1) * block, num_heads))
+
+
+def _heads_per_offset(rate: int, num_heads: int) -> int:
+    return -(-num_heads // rate)  # ceil(H / r) without floats
+
+
+def _parse_positive_list(name: str, values: Any) -> tuple[int, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"{name}={values!r} must be a non-empty list of positive ints")
+    if len(values) == 0:
+        raise ValueError(f"{name}={list(values)} must be a non-empty list of positive ints")
+    for i, value in enumerate(values):
+        check_int(f"{name}[{i}]", value, 1)
+    return tuple(int(v) for v in values)
+
+
+def check_dilated_coverage(params: DilatedParams, num_positions: int, num_heads: int) -> None:
+    """Reject a configuration where some (position, head) pair takes part in no branch (spec: Dilated).
+
+    Membership, (p mod w) mod r == offset(h), does not depend on N (clipping a segment to N leaves p mod w
+    unchanged for p < N), so checking positions [0, num_positions) and heads [0, num_heads) suffices when
+    those are the periods lcm(w) and lcm(r), or the actual N and H. Blocked offsets (h // ceil(H / r)) have no
+    period in h: num_heads must be the actual H.
+    """
+    positions = torch.arange(num_positions)[:, None]
+    heads = torch.arange(num_heads)[None, :]
+    covered = torch.zeros(num_positions, num_heads, dtype=torch.bool)
+    for w, r in zip(params.segment_lengths, params.dilation_rates):
+        covered |= (positions % w) % r == params.offset(heads, r, num_heads)
+    if not bool(covered.all()):
+        position, head = (int(x) for x in (~covered).nonzero()[0])
+        rule = "h mod r_i" if params.head_offsets == "cyclic" else f"h // ceil({num_heads} / r_i)"
+        raise ValueError(
+            f"segment_lengths={list(params.segment_lengths)}, dilation_rates={list(params.dilation_rates)} leave "
+            f"position {position} of head {head} in no branch (it takes part in branch i only when "
+            f"(p mod w_i) mod r_i == {rule}); add a branch with dilation rate 1"
+        )
+
+
+def dilated_multiplicity(params: DilatedParams, seq_len: int, causal: bool, num_heads: int | None = None) -> IndexFn:
+    """How many branches score the pair (p, j) for head h: 0 means masked; c > 0 adds log c to the score.
+
+    num_heads: H, which blocked head offsets (h // ceil(H / r)) need; cyclic ones (h mod r) do not."""
+    branches = params.branches(seq_len)
+    if params.head_offsets != "cyclic" and num_heads is None:
+        raise ValueError(f"head_offsets={params.head_offsets!r}: dilated_multiplicity needs num_heads")
+
+    def multiplicity(query: torch.Tensor, key: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        count = torch.zeros_like(query - key + head, dtype=torch.int32)
+        for segment, rate in branches:
+            offset = params.offset(head, rate, num_heads)
+            same_segment = (query // segment) == (key // segment)
+            takes_part = ((query % segment) % rate == offset) & ((key % segment) % rate == offset)
+            count = count + (same_segment & takes_part).to(torch.int32)
+        if causal:
+            count = torch.where(key <= query, count, torch.zeros_like(count))
+        return count
+
+    return multiplicity
+
+
+def _participants(length: int, rate: int, offset: int) -> int:
+    """Positions t in [0, length) with t mod rate == offset."""
+    return 0 if offset >= length else (length - offset + rate - 1) // rate
+
+
+def dilated_pairs(seq_len: int, num_heads: int, params: DilatedParams, causal: bool) -> int:
+    """Pairs summed over heads and branches; a pair seen by c branches counts c times."""
+    total = 0
+    for segment, rate in params.branches(seq_len):
+        full_segments, tail = divmod(seq_len, segment)
+        for head in range(num_heads):
+            offset = params.offset(head, rate, num_heads)
+            for length, copies in ((segment, full_segments), (tail, 1)):
+                n = _participants(length, rate, offset)
+                total += copies * (_triangle(n) if causal else n * n)
+    return total
+
+
+def reference_dilated_multiplicity(n: int, num_heads: int, params: DilatedParams, causal: bool,
+                                   device=None) -> torch.Tensor:
+    """(H, N, N) count of branches in which query p sees key j, straight from the spec's definition."""
+    p = torch.arange(n, device=device)
+    query, key = p[:, None], p[None, :]
+    count = torch.zeros(num_heads, n, n, dtype=torch.int64, device=device)
+    for segment, rate in zip(params.segment_lengths, params.dilation_rates):
+        segment = min(segment, n)
+        for head in range(num_heads):
+            # spec, "Head offsets": cyclic o = h mod r; blocked o = h // ceil(H / r)
+            offset = head % rate if params.head_offsets == "cyclic" else head // math.ceil(num_heads / rate)
+            q_part = (query % segment) % rate == offset
+            k_part = (key % segment) % rate == offset
+            same_segment = query // segment == key // segment
+            count[head] += (q_part & k_part & same_segment).long()
+    if causal:
+        count = count * causal_mask(n, device)
+    return count
+
+
+class Dilated(Mechanism):
+    name = "dilated"
+    allowed_params = ("segment_lengths", "dilation_rates", "scale", "head_offsets")
+    per_head = True
+    # CPU: gather 348 ms, flex 6020 ms (causal forward, N = 8192; results/perf/NOTES.md). CUDA: expected order.
+    priority = {"cpu": ("gather", "flex", "masked_sdpa"), "cuda": ("xformers", "gather", "flex", "masked_sdpa")}
+    # masked 7.2 ms vs gather 7.7 ms at N = 96; 11.6 vs 9.6 at 128 (scripts/bench_small_n.py)
+    small_n_priority = {"cpu": (96, ("masked_sdpa",))}
+    example_params = {"segment_lengths": [64, 128, 256], "dilation_rates": [1, 2, 4]}
+
+    def make_params(self, **params: Any) -> DilatedParams:
+        self.check_unknown(params)
+        scale = check_scale(params.get("scale"))
+        for required in ("segment_lengths", "dilation_rates"):
+            if required not in params:
+                raise TypeError(f"dilated attention needs {required}=[...] (e.g. segment_lengths=[2048, 4096], "
+                                f"dilation_rates=[1, 2])")
+        segment_lengths = _parse_positive_list("segment_lengths", params["segment_lengths"])
+        dilation_rates = _parse_positive_list("dilation_rates", params["dilation_rates"])
+        if len(segment_lengths) != len(dilation_rates):
+            raise ValueError(
+                f"segment_lengths={list(segment_lengths)} and dilation_rates={list(dilation_rates)} must have "
+                f"the same length (one rate per segment length), got {len(segment_lengths)} and "
+                f"{len(dilation_rates)}")
+        head_offsets = params.get("head_offsets", "cyclic")
+        if not isinstance(head_offsets, str) or head_offsets not in HEAD_OFFSETS:
+            hint = suggest(head_offsets, HEAD_OFFSETS) if isinstance(head_offsets, str) else ""
+            raise ValueError(f"head_offsets={head_offsets!r} is not known{hint}; choose one of {list(HEAD_OFFSETS)} "
+                             "(cyclic: h mod r, the paper's; blocked: h // ceil(H / r), microsoft/torchscale's)")
+        dilated = DilatedParams(segment_lengths, dilation_rates, scale=scale, head_offsets=head_offsets)
+        period_positions = math.lcm(*segment_lengths)
+        period_heads = math.lcm(*dilation_rates)
+        # Blocked offsets depend on H, known only at the first call; cyclic ones repeat with period lcm(r).
+        if head_offsets == "cyclic" and period_positions * period_heads <= _MAX_COVERAGE_CHECK:
+            check_dilated_coverage(dilated, period_positions, period_heads)
+        return dilated
+
+    def check_shape(self, params: DilatedParams, seq_len: int, num_heads: int) -> None:
+        check_dilated_coverage(params, seq_len, num_heads)
+
+    def multiplicity(self, params: DilatedParams, seq_len, num_heads, causal) -> IndexFn:
+        return dilated_multiplicity(params, seq_len, causal, num_heads)
+
+    def pairs(self, params: DilatedParams, seq_len, num_heads, causal) -> int:
+        return dilated_pairs(seq_len, num_heads, params, causal)
+
+    def reference_multiplicity(self, params, seq_len, num_heads, causal, device=None) -> torch.Tensor:
+        return reference_dilated_multiplicity(seq_len, num_heads, params, causal, device)
+
+    def picture_size(self, params: DilatedParams, num_heads):
+        # cyclic: heads h and h + lcm(r) see the same keys; blocked: every head may differ
+        distinct = math.lcm(*params.dilation_rates) if params.head_offsets == "cyclic" or num_heads is None \
+            else num_heads
+        return distinct, 2 * max(params.segment_lengths)
+
+    def label(self, values: dict[str, Any]) -> str:
+        if values.get("head_offsets") == "cyclic":
+            values.pop("head_offsets")  # the default: naming it would split one pattern into two labels
+        parts = []
+        if "segment_lengths" in values:
+            parts.append(f"w={compact(values.pop('segment_lengths'))}")
+        if "dilation_rates" in values:
+            parts.append(f"r={compact(values.pop('dilation_rates'))}")
+        return " ".join(parts)
+
+    def size(self, values: dict[str, Any]) -> list[float]:
+        return [float(v) for key in ("segment_lengths", "dilation_rates")
+                for v in (values.get(key) if isinstance(values.get(key), (list, tuple)) else [])]
+
+    def param_strategy(self):
+        from hypothesis import strategies as st
+
+        @st.composite
+        def dilated_params(draw):
+            count = draw(st.integers(1, 3))
+            segments = draw(st.lists(st.integers(1, 40), min_size=count, max_size=count))
+            rates = draw(st.lists(st.integers(1, 6), min_size=count - 1, max_size=count - 1))
+            rates.insert(draw(st.integers(0, count - 1)), 1)  # a rate-1 branch covers every (position, head)
+            return {"segment_lengths": segments, "dilation_rates": rates}
+
+        return dilated_params()
+
+
+MECHANISM = Dilated()
