@@ -161,13 +161,30 @@ class ShootoutConfig:
     logger: Dict[str, Any] = field(default_factory=lambda: {"_target_": "harness.loggers.NullLogger"})
 
 
+def backend_nodes() -> dict[str, dict[str, Any]]:
+    """One `attention=<mechanism>_<backend>` node per registered backend, built from the registry, so a new
+    backend or mechanism needs no config file; named presets (longnet_paper, ...) stay YAML in conf/attention/."""
+    from attention_impls.mechanisms import get_mechanism
+    from attention_impls.registry import REGISTRY, _load_backends
+
+    _load_backends()
+    return {f"{mechanism}_{backend}": {"name": f"{mechanism}_{backend}", "mechanism": mechanism, "backend": backend,
+                                       "params": dict(get_mechanism(mechanism).config_params)}
+            for mechanism, backends in REGISTRY.items() for backend in backends}
+
+
 def register_configs() -> None:
-    ConfigStore.instance().store(name="shootout_schema", node=ShootoutConfig)
+    store = ConfigStore.instance()
+    store.store(name="shootout_schema", node=ShootoutConfig)
+    for name, node in backend_nodes().items():
+        store.store(group="attention", name=name, node=node)
 
 
 def group_options(group: str) -> list[str]:
-    """The option names of a config group: the yaml files under conf/<group>/."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    """The option names of a config group: the yaml files under conf/<group>/, and for `attention` also the
+    node registered for every backend."""
+    files = {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
+    return sorted(files | set(backend_nodes()) if group == "attention" else files)
 
 
 def _suggest(value: str, choices: list[str]) -> str:

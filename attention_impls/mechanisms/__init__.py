@@ -14,7 +14,7 @@ from typing import Any
 from .base import IndexFn, Mechanism, suggest
 
 # Report order (dense first) and the order of ai.MECHANISMS.
-_MODULES = ("dense", "sliding_window", "dilated")
+_MODULES = ("dense", "sliding_window", "dilated", "longformer")
 
 REGISTRY: dict[str, Mechanism] = {}
 for _module in _MODULES:

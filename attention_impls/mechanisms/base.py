@@ -100,6 +100,9 @@ class Mechanism:
     small_n_priority: ClassVar[dict[str, tuple[int, tuple[str, ...]]]] = {}
     # A small configuration for demos and checks (python -m attention_impls.demo)
     example_params: ClassVar[dict[str, Any]] = {}
+    # The parameters of the `attention=<mechanism>_<backend>` config nodes (harness/config.py registers one
+    # per backend from the registry); a sweep overrides them with attention.params.<key>=...
+    config_params: ClassVar[dict[str, Any]] = {}
 
     def make_params(self, **params: Any):
         """required: validate user parameters (each error names the value and what is allowed)."""

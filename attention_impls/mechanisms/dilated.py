@@ -166,6 +166,7 @@ class Dilated(Mechanism):
     # masked 7.2 ms vs gather 7.7 ms at N = 96; 11.6 vs 9.6 at 128 (scripts/bench_small_n.py)
     small_n_priority = {"cpu": (96, ("masked_sdpa",))}
     example_params = {"segment_lengths": [64, 128, 256], "dilation_rates": [1, 2, 4]}
+    config_params = {"segment_lengths": [512, 1024, 2048], "dilation_rates": [1, 2, 4]}
 
     def make_params(self, **params: Any) -> DilatedParams:
         self.check_unknown(params)

@@ -50,6 +50,19 @@ def sliding_window_pairs(seq_len: int, left: int, right: int) -> int:
     return full - cut_left - cut_right
 
 
+def window_label(window: Any) -> str:
+    """'w=256' (a symmetric pair reads as one number), 'w=[128,0]'."""
+    if isinstance(window, (list, tuple)) and len(window) == 2 and window[0] == window[1]:
+        window = window[0]
+    return f"w={compact(window)}"
+
+
+def window_size(window: Any) -> list[float]:
+    if isinstance(window, (list, tuple)):
+        return [float(w) for w in window]
+    return [float(window)] if isinstance(window, (int, float)) else []
+
+
 class SlidingWindow(Mechanism):
     name = "sliding_window"
     allowed_params = ("window", "scale")
@@ -61,6 +74,7 @@ class SlidingWindow(Mechanism):
     # scripts/bench_small_n.py)
     small_n_priority = {"cpu": (192, ("masked_sdpa",))}
     example_params = {"window": 64}
+    config_params = {"window": 256}
 
     def make_params(self, **params: Any) -> SlidingWindowParams:
         self.check_unknown(params)
@@ -102,18 +116,10 @@ class SlidingWindow(Mechanism):
         return 1, 4 * (params.left + params.right + 1)
 
     def label(self, values: dict[str, Any]) -> str:
-        if "window" not in values:
-            return ""
-        window = values.pop("window")
-        if isinstance(window, (list, tuple)) and len(window) == 2 and window[0] == window[1]:
-            window = window[0]
-        return f"w={compact(window)}"
+        return window_label(values.pop("window")) if "window" in values else ""
 
     def size(self, values: dict[str, Any]) -> list[float]:
-        window = values.get("window")
-        if isinstance(window, (list, tuple)):
-            return [float(w) for w in window]
-        return [float(window)] if isinstance(window, (int, float)) else []
+        return window_size(values.get("window"))
 
     def param_strategy(self):
         from hypothesis import strategies as st

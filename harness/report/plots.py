@@ -295,14 +295,30 @@ def _draw_scaling_panel(ax, panel: pd.DataFrame, metric: _Metric, palette: Palet
     if metric.column == "latency_median_ms" and "speedup_vs_dense" in panel:
         # The number a shootout is about, on the plot: each variant's speed-up over dense at its largest N.
         compared = panel[panel["speedup_vs_dense"].notna() & (panel["mechanism"] != "dense")]
-        for variant, points in compared.groupby("variant", sort=False):
-            last = points.sort_values("seq_len").iloc[-1]
-            ax.annotate(f"{last['speedup_vs_dense']:.2g}x", (last["seq_len"], last["latency_median_ms"]),
+        labels = [(variant, points.sort_values("seq_len").iloc[-1])
+                  for variant, points in compared.groupby("variant", sort=False)]
+        heights = _spread_labels(ax, [(float(last["seq_len"]), float(last["latency_median_ms"]))
+                                      for _, last in labels])
+        for (variant, last), height in zip(labels, heights):
+            ax.annotate(f"{last['speedup_vs_dense']:.2g}x", (last["seq_len"], height),
                         xytext=(5, -2), textcoords="offset points", fontsize="small", color=palette[variant].color,
                         va="top")
             drawn.append(dict(series=variant, panel=panel_title, metric="speedup_vs_dense",
                               x=float(last["seq_len"]), y=float(last["speedup_vs_dense"]), status="ok"))
     return drawn
+
+
+def _spread_labels(ax, points: list[tuple[float, float]], gap_fraction: float = 0.06) -> list[float]:
+    """Heights for labels beside points on a log y axis, moved apart so that labels at the same x sit at least
+    gap_fraction of the axis height apart (two variants 10 % apart in latency would print on top of each other)."""
+    low, high = (math.log10(v) for v in ax.get_ylim())
+    gap = gap_fraction * (high - low)
+    heights = [math.log10(y) for _, y in points]
+    for x in {x for x, _ in points}:
+        order = sorted((i for i, (xi, _) in enumerate(points) if xi == x), key=lambda i: -heights[i])
+        for above, below in zip(order, order[1:]):
+            heights[below] = min(heights[below], heights[above] - gap)
+    return [10 ** h for h in heights]
 
 
 def _draw_ceiling(ax, frame: pd.DataFrame, panel: pd.DataFrame) -> list[dict]:

@@ -427,7 +427,8 @@ def _verdict(within: float, split: float, beyond: float, within_share: float, sp
     else:
         parts.append(f"under-trained: the pattern reaches these items, the model got {within:.2f} of them")
     if split_share and not math.isnan(split):
-        parts.append(f"{split:.2f} on the {split_share:.0%} of items its grid splits (a head sees the key "
+        share = "under 1%" if split_share < 0.005 else f"{split_share:.0%}"
+        parts.append(f"{split:.2f} on the {share} of items its pattern splits (a head sees the key "
                      f"without its answer)")
     if beyond_share and not math.isnan(beyond):
         if beyond <= chance + CHANCE_TOLERANCE:

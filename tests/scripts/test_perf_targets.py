@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pandas as pd
 
+import attention_impls as ai
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "perf_targets.py"
 
 
@@ -14,11 +16,13 @@ def test_smoke_run_measures_every_target_and_stores_rows(tmp_path, capsys):
     spec.loader.exec_module(module)
     assert module.main(["--smoke", "--results-dir", str(tmp_path)]) == 0
     rows = pd.read_parquet(tmp_path / "perf_targets" / "results.parquet")
-    assert len(rows) == 14 and set(rows["kind"]) == {"perf_target"}
+    # 11 targets plus one backend=None pick per mechanism
+    per_mechanism = len(ai.MECHANISMS)
+    assert len(rows) == 11 + per_mechanism and set(rows["kind"]) == {"perf_target"}
     assert rows["measured"].notna().all() and (rows["measured"] > 0).all()
     printed = capsys.readouterr().out
-    assert printed.count("target") >= 14 and "of 11 issue targets met" in printed
-    assert rows["issue_target"].sum() == 11  # context: the bidirectional window, and the GPU target on CPU
+    assert printed.count("target") >= 11 + per_mechanism and f"of {8 + per_mechanism} issue targets met" in printed
+    assert rows["issue_target"].sum() == 8 + per_mechanism  # context: the bidirectional window, the GPU target on CPU
     assert rows["target_key"].is_unique and rows["target_key"].str.fullmatch(r"[a-z_]+(\.[a-z_]+)+").all()
     # every ratio taken over interleaved rounds keeps their spread; the median lies inside it
     in_rounds = rows[rows["round_count"].notna()]
@@ -43,5 +47,5 @@ def test_a_target_that_raises_becomes_an_error_row_and_the_others_still_run(tmp_
     error = rows[rows["status"] == "error"]
     assert error["target"].tolist() == error["target_key"].tolist() == ["dilated_scaling"]
     assert error["reason"].iloc[0] == "RuntimeError: kernel not built for this device"
-    assert (rows["status"] == "ok").sum() == 3  # the three backend=None targets after it
+    assert (rows["status"] == "ok").sum() == len(ai.MECHANISMS)  # the backend=None targets after it, one per mechanism
     assert "targets that raised (status=error rows): dilated_scaling" in capsys.readouterr().out

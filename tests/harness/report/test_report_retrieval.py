@@ -63,7 +63,7 @@ def test_under_trained_and_split_read_differently():
                                stop="max_steps") for seed in range(3)])
     row = tables.retrieval_headline(frame).iloc[0]
     assert row["verdict"].startswith("under-trained: the pattern reaches these items, the model got 0.70")
-    assert "0.40 on the 20% of items its grid splits" in row["verdict"]
+    assert "0.40 on the 20% of items its pattern splits" in row["verdict"]
     assert "above chance" in row["verdict"] and "3 of 3 runs had not converged" in row["verdict"]
 
 
