@@ -58,11 +58,11 @@ def main() -> int:
         for _ in range(5):
             call()
         probe = time_call(call, 0.2, 3)
-        block = probe["calls_per_sample"]
+        block = probe.calls_per_sample
         bare_medians, runner_medians = [], []
         for _ in range(args.rounds):
             bare_medians.append(statistics.median(bare_loop(call, args.min_run_time, block)))
-            runner_medians.append(time_call(call, args.min_run_time, 5)["latency_median_s"])
+            runner_medians.append(time_call(call, args.min_run_time, 5).median_s)
     bare, runner = statistics.median(bare_medians), statistics.median(runner_medians)
     overhead = runner / bare - 1.0
     print(f"SDPA (1, {args.heads}, {args.seq_len}, {args.head_dim}) float32, {torch.get_num_threads()} threads, "

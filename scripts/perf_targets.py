@@ -27,7 +27,7 @@ from attention_impls.kernels import default_scale
 from attention_impls.ops.dilated_gather import branch_kernel
 from attention_impls.mechanisms import get_mechanism
 from attention_impls.registry import PRIORITY
-from harness.bench.measure import matmul_ceiling, peak_memory_bytes, time_call
+from harness.bench.measure import Timing, matmul_ceiling, peak_memory_bytes, time_call
 from harness.environment import fingerprint
 from harness.store import ResultsStore, config_hash
 
@@ -96,7 +96,7 @@ class Targets:
         return [torch.randn(shape, generator=generator).to(self.device, self.dtype).requires_grad_(requires_grad)
                 for _ in range(4)]
 
-    def time(self, call: Callable[[], Any], grad: bool = False) -> dict[str, Any]:
+    def time(self, call: Callable[[], Any], grad: bool = False) -> Timing:
         with torch.inference_mode(not grad):
             call()  # warm-up (and compile)
             return time_call(call, self.sizes.min_run_time_s, min_repeats=3)
@@ -169,7 +169,7 @@ class Targets:
         flops = ai.useful_flops(attn.params, 1, n, sizes.heads, sizes.head_dim, causal=False)
 
         def one_round() -> tuple[float, ...]:
-            t_forward, t_bare = self.time(forward)["latency_median_s"], self.time(bare)["latency_median_s"]
+            t_forward, t_bare = self.time(forward).median_s, self.time(bare).median_s
             ceiling = self.ceiling_now()
             return t_forward / t_bare, flops / t_forward / ceiling, t_forward, t_bare, ceiling, flops / t_bare / ceiling
 
@@ -224,10 +224,10 @@ class Targets:
             return run
 
         def both_round() -> tuple[float, ...]:
-            t_both = self.time(forward_backward, grad=True)["latency_median_s"]
-            t_forward = self.time(forward)["latency_median_s"]
-            t_bare_both = self.time(bare_kernels(backward=True))["latency_median_s"]
-            t_bare = self.time(bare_kernels(backward=False))["latency_median_s"]
+            t_both = self.time(forward_backward, grad=True).median_s
+            t_forward = self.time(forward).median_s
+            t_bare_both = self.time(bare_kernels(backward=True)).median_s
+            t_bare = self.time(bare_kernels(backward=False)).median_s
             return t_both / t_forward, t_both, t_forward, t_bare_both / t_bare
 
         both_rounds = self.rounds(both_round)
@@ -258,9 +258,9 @@ class Targets:
                     timing = time_call(lambda: attn(*inputs), min_run_time_s=0.0, min_repeats=1)
                 else:
                     timing = self.time(lambda: attn(*inputs))
-            print(f"  dilated paper config N={n}: {timing['latency_median_s']:.2f} s, "
-                  f"{timing['latency_median_s'] / n * 1e6:.2f} us/token")
-            return timing["latency_median_s"] / n
+            print(f"  dilated paper config N={n}: {timing.median_s:.2f} s, "
+                  f"{timing.median_s / n * 1e6:.2f} us/token")
+            return timing.median_s / n
 
         small_times, large_times = [per_token(small, small_inputs)], []
         for _ in range(2):
@@ -296,7 +296,7 @@ class Targets:
             def one_round() -> tuple[float, ...]:
                 rates = []
                 for attn in (window, dense):
-                    seconds = self.time(run(attn), grad=grad)["latency_median_s"]
+                    seconds = self.time(run(attn), grad=grad).median_s
                     rates.append(ai.useful_flops(attn.params, 1, n, sizes.heads, sizes.head_dim, causal, grad)
                                  / seconds)
                 return rates[0] / rates[1], rates[0], rates[1]
@@ -326,7 +326,7 @@ class Targets:
                 if self.args.smoke and cls.needs_compile:
                     continue  # compiling is seconds per shape: the smoke run only checks the script works
                 attn = ai.build(mechanism, info.name, **params[mechanism])
-                times[info.name] = self.time(lambda: attn(q, k, v, causal=True))["latency_median_s"]
+                times[info.name] = self.time(lambda: attn(q, k, v, causal=True)).median_s
             picked = ai.build(mechanism, **params[mechanism])
             with torch.inference_mode():
                 picked(q, k, v, causal=True)
@@ -352,7 +352,7 @@ class Targets:
         def one_round() -> tuple[float, ...]:
             rates = []
             for attn, call in ((dilated, lambda: dilated(q, k, v)), (dense, dense_flash)):
-                seconds = self.time(call)["latency_median_s"]
+                seconds = self.time(call).median_s
                 rates.append(ai.useful_flops(attn.params, 1, n, sizes.heads, sizes.head_dim, False) / seconds)
             return rates[0] / rates[1], rates[0], rates[1]
 

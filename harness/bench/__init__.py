@@ -5,7 +5,7 @@ useful and executed FLOPs; sweep.py validates the config, expands and runs the s
 """
 
 from .distributed import run_distributed
-from .measure import Point, measure_point, matmul_ceiling, time_call
+from .measure import Point, Timing, measure_point, matmul_ceiling, time_call
 from .sweep import plan_speed, run_speed
 
-__all__ = ["Point", "matmul_ceiling", "measure_point", "plan_speed", "run_distributed", "run_speed", "time_call"]
+__all__ = ["Point", "Timing", "matmul_ceiling", "measure_point", "plan_speed", "run_distributed", "run_speed", "time_call"]

@@ -56,16 +56,15 @@ from attention_impls.params import check_dilated_coverage
 from .. import environment
 from ..config import ConfigError
 from ..store import ResultsStore, config_hash
-from .measure import DTYPES, PASSES, _sync, peak_memory_bytes
+from .measure import DTYPES, PASSES, Timing, _sync, peak_memory_bytes
 from .sweep import check_benchmark_shape_and_timing, check_hook, check_positive
 
 KIND = "distributed"
 MECHANISMS = ("dense", "dilated")  # what attention_impls.distributed implements
 BACKEND = "sequence_parallel"
 DIST_BACKENDS = ("auto", "gloo", "nccl")
-TIMING_METHOD = ("all_reduce(MAX) of the time so far (untimed, synchronises the ranks and decides when to stop), "
-                 "then perf_counter around calls_per_sample calls (device synchronised), per rank")
-NOISY_IQR_FRACTION = 0.1
+DISTRIBUTED_TIMING_METHOD = ("all_reduce(MAX) of the time so far (untimed, synchronises the ranks and decides when to stop), "
+                             "then perf_counter around calls_per_sample calls (device synchronised), per rank")
 # After a rank fails, how long the others may take to notice and record it, beyond the collective and health
 # timeouts (process start-up and a slow last row included).
 FAILURE_GRACE_S = 5.0
@@ -270,7 +269,6 @@ def time_samples(call: Callable[[], Any], device: torch.device, settings: RankSe
                  health_timeout_s: float) -> dict[str, Any]:
     """Timed samples until every rank has min_repeats of them and the slowest rank min_run_time_s in total."""
     import torch.distributed as dist
-    from torch.utils import benchmark as torch_benchmark
 
     from attention_impls.distributed import guarded_collective
 
@@ -288,17 +286,9 @@ def time_samples(call: Callable[[], Any], device: torch.device, settings: RankSe
             call()
         _sync(device)
         raw_times.append(time.perf_counter() - start)
-    measurement = torch_benchmark.Measurement(
-        number_per_run=settings.calls_per_sample, raw_times=raw_times,
-        task_spec=torch_benchmark.TaskSpec(stmt="attn(q, k, v)", setup="", label=label,
-                                           num_threads=torch.get_num_threads()))
-    times = measurement.times
-    return {
-        "latency_median_s": measurement.median, "latency_iqr_s": measurement.iqr, "latency_min_s": min(times),
-        "latency_mean_s": measurement.mean, "latency_count": len(times),
-        "calls_per_sample": settings.calls_per_sample, "latency_times_s": times,
-        "noisy": bool(measurement.iqr > NOISY_IQR_FRACTION * measurement.median), "timing_method": TIMING_METHOD,
-    }
+    # each sample timed calls_per_sample calls: per-call seconds, the same kind of sample as the speed job's
+    return Timing(tuple(t / settings.calls_per_sample for t in raw_times), settings.calls_per_sample,
+                  DISTRIBUTED_TIMING_METHOD).columns()
 
 
 class RankRunner:

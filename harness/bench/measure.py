@@ -238,7 +238,60 @@ def peak_memory_bytes(call: Callable[[], Any], device: torch.device) -> tuple[fl
 
 # ---- timing -------------------------------------------------------------------------------------------------
 
-def time_call(call: Callable[[], Any], min_run_time_s: float, min_repeats: int, label: str = "") -> dict[str, Any]:
+@dataclass(frozen=True)
+class Timing:
+    """One timed measurement: its raw samples (seconds per call, one per timed block), how many calls each block
+    timed, and how the samples were taken. Statistics are torch.utils.benchmark.Measurement's, so every job (speed,
+    max_seq_len, distributed, the performance targets) reports the same median and IQR of the same kind of sample."""
+
+    samples_s: tuple[float, ...]
+    calls_per_sample: int = 1
+    method: str = TIMING_METHOD
+
+    @property
+    def _measurement(self) -> torch_benchmark.Measurement:
+        return torch_benchmark.Measurement(number_per_run=1, raw_times=list(self.samples_s),
+                                           task_spec=torch_benchmark.TaskSpec(stmt="", setup=""))
+
+    @property
+    def median_s(self) -> float:
+        return self._measurement.median
+
+    @property
+    def iqr_s(self) -> float:
+        return self._measurement.iqr
+
+    @property
+    def min_s(self) -> float:
+        return min(self.samples_s)
+
+    @property
+    def count(self) -> int:
+        return len(self.samples_s)
+
+    @property
+    def noisy(self) -> bool:
+        """torch.utils.benchmark's own warning threshold: IQR above NOISY_IQR_FRACTION of the median."""
+        measurement = self._measurement
+        return bool(measurement.iqr > NOISY_IQR_FRACTION * measurement.median)
+
+    def columns(self) -> dict[str, Any]:
+        """The latency columns of a result row."""
+        measurement = self._measurement
+        return {
+            "latency_median_s": measurement.median,
+            "latency_iqr_s": measurement.iqr,
+            "latency_min_s": self.min_s,
+            "latency_mean_s": measurement.mean,
+            "latency_count": self.count,
+            "calls_per_sample": self.calls_per_sample,
+            "latency_times_s": list(self.samples_s),
+            "noisy": bool(measurement.iqr > NOISY_IQR_FRACTION * measurement.median),
+            "timing_method": self.method,
+        }
+
+
+def time_call(call: Callable[[], Any], min_run_time_s: float, min_repeats: int, label: str = "") -> Timing:
     """blocked_autorange until min_run_time_s, then more blocks of the same size until min_repeats blocks.
 
     Timer synchronises CUDA around each block; the block size is chosen so the timer's own overhead is < 0.1 %.
@@ -251,25 +304,12 @@ def time_call(call: Callable[[], Any], min_run_time_s: float, min_repeats: int, 
         raw_times.extend(timer.timeit(measurement.number_per_run).raw_times)
     measurement = torch_benchmark.Measurement(number_per_run=measurement.number_per_run, raw_times=raw_times,
                                               task_spec=measurement.task_spec)
-    return latency_columns(measurement.times, measurement.number_per_run)
+    return Timing(tuple(measurement.times), measurement.number_per_run)
 
 
 def latency_columns(times: list[float], calls_per_sample: int) -> dict[str, Any]:
-    """The latency columns of a row from its samples (seconds per call, one per timed block), with
-    torch.utils.benchmark's statistics (Measurement: median, interquartile range, mean)."""
-    measurement = torch_benchmark.Measurement(number_per_run=1, raw_times=list(times),
-                                              task_spec=torch_benchmark.TaskSpec(stmt="", setup=""))
-    return {
-        "latency_median_s": measurement.median,
-        "latency_iqr_s": measurement.iqr,
-        "latency_min_s": min(times),
-        "latency_mean_s": measurement.mean,
-        "latency_count": len(times),
-        "calls_per_sample": calls_per_sample,
-        "latency_times_s": list(times),
-        "noisy": bool(measurement.iqr > NOISY_IQR_FRACTION * measurement.median),
-        "timing_method": TIMING_METHOD,
-    }
+    """The latency columns of a row from its samples (seconds per call; e.g. the pooled samples of its rounds)."""
+    return Timing(tuple(times), calls_per_sample).columns()
 
 
 def measure_point(point: Point) -> dict[str, Any]:
@@ -301,7 +341,7 @@ def measure_point(point: Point) -> dict[str, Any]:
                 call()
             _sync(device)
             columns["peak_mem_bytes"], columns["mem_method"] = peak_memory_bytes(call, device)
-            columns.update(time_call(call, point.min_run_time_s, point.min_repeats, label=point.variant))
+            columns.update(time_call(call, point.min_run_time_s, point.min_repeats, label=point.variant).columns())
         columns.update(status="ok", reason="")
     except Outcome as outcome:
         columns.update(outcome.columns, status=outcome.status, reason=outcome.reason)
@@ -336,7 +376,7 @@ def time_point(point: Point) -> dict[str, Any]:
             for _ in range(max(1, point.warmup)):  # inputs and caches are new in this call
                 call()
             _sync(device)
-            return {**time_call(call, point.min_run_time_s, point.min_repeats, label=point.variant),
+            return {**time_call(call, point.min_run_time_s, point.min_repeats, label=point.variant).columns(),
                     "status": "ok", "reason": ""}
     except Exception as error:  # noqa: BLE001 - a failing round fails the point, with its reason
         status, reason = classify_exception(error)
@@ -352,6 +392,6 @@ def matmul_ceiling(device: str, dtype: str, size: int, min_run_time_s: float,
     a, b = (torch.randn(size, size, generator=generator).to(device=device, dtype=DTYPES[dtype]) for _ in range(2))
     timing = time_call(lambda: torch.mm(a, b), min_run_time_s, min_repeats=3, label="matmul ceiling")
     # A ceiling is the best the machine did, so the fastest sample, not the median (which load inflates).
-    return {"matmul_peak_flops_per_s": 2.0 * size**3 / timing["latency_min_s"],
-            "matmul_method": f"torch.mm {size}x{size} {dtype}, fastest of {timing['latency_count']} "
+    return {"matmul_peak_flops_per_s": 2.0 * size**3 / timing.min_s,
+            "matmul_method": f"torch.mm {size}x{size} {dtype}, fastest of {timing.count} "
                              f"{TIMING_METHOD} samples, {torch.get_num_threads()} threads"}

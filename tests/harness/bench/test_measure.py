@@ -68,6 +68,20 @@ def test_peak_memory_sees_a_64_mib_temporary_above_the_inputs():
 
 
 def test_time_call_tops_up_to_min_repeats():
-    result = time_call(lambda: sum(range(1000)), min_run_time_s=1e-4, min_repeats=7)
+    timing = time_call(lambda: sum(range(1000)), min_run_time_s=1e-4, min_repeats=7)
+    assert timing.count >= 7 and timing.min_s <= timing.median_s and timing.calls_per_sample >= 1
+    result = timing.columns()
     assert result["latency_count"] >= 7 and len(result["latency_times_s"]) == result["latency_count"]
     assert result["latency_min_s"] <= result["latency_median_s"] and not math.isnan(result["latency_iqr_s"])
+
+
+def test_timing_carries_its_samples_statistics_and_method():
+    from harness.bench.measure import TIMING_METHOD, Timing
+
+    timing = Timing((1.0, 2.0, 3.0, 4.0, 100.0), calls_per_sample=10)
+    columns = timing.columns()
+    assert columns["latency_times_s"] == [1.0, 2.0, 3.0, 4.0, 100.0] and columns["calls_per_sample"] == 10
+    assert timing.median_s == columns["latency_median_s"] == 3.0 and timing.min_s == 1.0 and timing.count == 5
+    assert timing.iqr_s == columns["latency_iqr_s"] > 0.1 * 3.0 and timing.noisy and columns["noisy"]
+    assert columns["timing_method"] == TIMING_METHOD
+    assert not Timing((1.0, 1.01, 0.99)).noisy
