@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf, open_dict
 
 from .retrieval.config import EvalConfig, ModelConfig, ProbeConfig, TaskConfig, TrainConfig
 
@@ -138,9 +138,9 @@ class PathsConfig:
 class ShootoutConfig:
     # What the run does, in order; see harness.run.JOBS (speed, probe, retrieval). One W&B run, one report.
     jobs: List[str] = field(default_factory=lambda: ["speed"])
-    # Set by the experiment preset; `experiment` is also the preset group, so the CLI cannot set this key:
-    # use `name=...` to file an ad hoc run under another folder.
-    experiment: str = "default"
+    # The preset chosen with `experiment=...` (Hydra's choice; `default` when none is): `experiment` is also the
+    # preset group, so the CLI cannot set this key: use `name=...` to file an ad hoc run under another folder.
+    experiment: str = "${shootout_experiment:}"
     name: str = "${experiment}"  # results go to <paths.results_dir>/<name>/
     paths: PathsConfig = field(default_factory=PathsConfig)
     resume: bool = True  # skip points whose config_hash is already recorded
@@ -171,6 +171,20 @@ def backend_nodes() -> dict[str, dict[str, Any]]:
     return {f"{mechanism}_{backend}": {"name": f"{mechanism}_{backend}", "mechanism": mechanism, "backend": backend,
                                        "params": dict(get_mechanism(mechanism).config_params)}
             for mechanism, backends in REGISTRY.items() for backend in backends}
+
+
+def experiment_choice() -> str:
+    """The experiment preset Hydra composed (`experiment=...`), or "default" when none was chosen."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choice = HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
+    return choice or "default"
+
+
+# At import, not in register_configs: a launcher's worker process (joblib, submitit) unpickles the job and
+# resolves its config without running the entry point.
+if not OmegaConf.has_resolver("shootout_experiment"):
+    OmegaConf.register_new_resolver("shootout_experiment", experiment_choice)
 
 
 def register_configs() -> None:
@@ -243,6 +257,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -251,7 +266,13 @@ def compose(overrides: list[str]):
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=normalize_overrides(overrides))
+            cfg = hydra_compose(config_name="config", overrides=normalize_overrides(overrides),
+                                return_hydra_config=True)
+        # as under hydra.main: Hydra's own config (its runtime choices name the experiment) is set, not shown
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
     except (HydraException, OmegaConfBaseException) as error:
         cause = f": {str(error.__cause__).splitlines()[0]}" if error.__cause__ is not None else ""
         raise ConfigError(" ".join((str(error) + cause).split())) from None
