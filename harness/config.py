@@ -126,6 +126,18 @@ class DistributedConfig:
 
 
 @dataclass
+class TargetsConfig:
+    """The `targets` job (harness/bench/targets.py): the performance targets, each a ratio measured in one run."""
+
+    device: str = "cpu"
+    dtype: str = "float32"  # float32, bfloat16 or float16
+    threads: int = 2
+    smoke: bool = False  # tiny shapes: checks that every target runs, in seconds
+    skip_1m: bool = False  # leave out the 1M-token scaling target
+    only: List[str] = field(default_factory=list)  # [] = every target for this device
+
+
+@dataclass
 class PathsConfig:
     """Where a run writes, all under one root (conf/paths/default.yaml; lightning-hydra-template's paths)."""
 
@@ -157,6 +169,7 @@ class ShootoutConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
     report: bool = True  # write results/<name>/report.md and report.html at the end of the run
     logger: Dict[str, Any] = field(default_factory=lambda: {"_target_": "harness.loggers.NullLogger"})
 

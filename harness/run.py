@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .bench import run_distributed, run_speed
+from .bench.targets import run_targets_job
 from .config import ConfigError
 from .loggers import NullLogger, rows_artifact
 from .retrieval.config import RetrievalConfigError
@@ -83,6 +84,7 @@ JOBS: dict[str, Callable[..., object]] = {
     "probe": run_probe_job,
     "retrieval": run_retrieval_job,
     "distributed": run_distributed,
+    "targets": run_targets_job,
 }
 
 

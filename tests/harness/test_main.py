@@ -45,11 +45,11 @@ def test_every_experiment_preset_runs_shrunk(option, tmp_path):
     # forward_backward only: FlexAttention variants become `unsupported` rows on CPU instead of compiling.
     shrink = ["benchmark.seq_lens=[64]", "benchmark.passes=[forward_backward]", "benchmark.causal=[false]",
               "benchmark.max_seq_len.start=64", "benchmark.max_seq_len.limit=64", *SHRINK, *RETRIEVAL_SHRINK,
-              "report=false"]
+              "targets.smoke=true", "targets.only=[auto_pick]", "report=false"]
     cfg = compose([f"experiment={option}", f"paths.results_dir={tmp_path}", *shrink])
     rows = run(cfg).read_job()
     variants = 1 + len(cfg.variants)
-    assert set(rows["kind"]) >= {"probe" if job == "probe" else job for job in cfg.jobs}
+    assert set(rows["kind"]) >= {{"targets": "perf_target"}.get(job, job) for job in cfg.jobs}
     assert set(rows["status"]) <= {"ok", "unsupported"}, rows.loc[rows["status"] != "ok", "reason"].tolist()
     if "speed" in cfg.jobs:
         speed = rows[rows["kind"] == "speed"]
