@@ -22,10 +22,10 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from .environment import code_version
+from .schema import BASE, STATUSES, check_row  # noqa: F401  (STATUSES: the store's statuses, re-exported)
 
-# Columns every row has, whatever produced it; producers add their own (see README "Output columns").
-BASE_COLUMNS = ("experiment", "kind", "status", "reason", "config_hash", "job_id", "timestamp")
-STATUSES = ("ok", "wrong", "oom", "timeout", "unsupported", "nan", "error", "skipped")
+# Columns every row has, whatever produced it; each kind's own are in harness/schema.py.
+BASE_COLUMNS = tuple(BASE)
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -99,11 +99,7 @@ class ResultsStore:
         for row in rows:
             full = {"experiment": self.experiment, "job_id": self.job_id, "timestamp": now, "reason": ""}
             full.update(row)
-            missing = [c for c in ("kind", "status", "config_hash") if c not in full]
-            if missing:
-                raise ValueError(f"result row lacks {missing}: {sorted(full)}")
-            if full["status"] not in STATUSES:
-                raise ValueError(f"status={full['status']!r} is not one of {STATUSES}")
+            check_row(full)  # before anything is written: a bad row never reaches the part file
             self._rows.append(full)
         frame = _frame(self._rows)
         write_table(frame, self.part_path)

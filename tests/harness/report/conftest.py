@@ -14,6 +14,8 @@ import json
 import pandas as pd
 import pytest
 
+from harness.schema import check_row
+
 from harness.store import config_hash
 
 ENV = dict(env_torch="2.13.0+cpu", env_xformers="0.0.35", env_python="3.11.7", env_device="cpu",
@@ -355,8 +357,11 @@ def fixture_frame() -> pd.DataFrame:
     """Every kind together, as ResultsStore.read() returns them; includes an older probe run of the same configs
     (job 0, accuracies off by 0.5) that the report must ignore in favour of the newer one."""
     older_probe = probe_rows(job_id="fixture-job-0", timestamp="2024-12-31T00:00:00+0000", shift=0.5)
-    return pd.DataFrame(speed_rows() + retrieval_rows() + older_probe + probe_rows() + distributed_rows()
-                        + perf_target_rows() + max_seq_len_rows())
+    rows = (speed_rows() + retrieval_rows() + older_probe + probe_rows() + distributed_rows() + perf_target_rows()
+            + max_seq_len_rows())
+    for row in rows:
+        check_row(row)  # the fixture holds what the store would accept (harness/schema.py), nothing else
+    return pd.DataFrame(rows)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,45 @@
+"""The row schema (harness/schema.py), checked by the store on every write."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+
+from harness.schema import KINDS, check_row, columns
+from harness.store import ResultsStore
+
+
+def _row(**values):
+    return {"kind": "speed", "status": "ok", "config_hash": "h", **values}
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"status": "ok", "config_hash": "h"}, "result row lacks 'kind'"),
+    (_row(kind="sped"), "kind='sped' is not a known kind of row; known: ['distributed', 'max_seq_len'"),
+    (_row(status="fine"), "status='fine' is not one of"),
+    (_row(latency_median_s="1.2"), "speed row: latency_median_s='1.2' (str) is not number"),
+    (_row(seq_len=1024.5), "speed row: seq_len=1024.5 (float) is not int"),
+    (_row(causal="false"), "speed row: causal='false' (str) is not bool"),
+    (_row(latency_count=True), "speed row: latency_count=True (bool) is not int"),
+])
+def test_a_bad_row_is_refused_naming_its_column(row, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_row(row)
+
+
+def test_good_rows_pass_with_missing_values_and_columns_the_schema_does_not_name():
+    check_row(_row(seq_len=1024, latency_median_s=1e-3, latency_times_s=[1e-3, 2e-3], causal=True, noisy=None,
+                   peak_mem_bytes=math.nan, env_torch="2.13.0", something_new=[1, 2]))
+    check_row({"kind": "perf_target", "status": "error", "config_hash": "h", "target_key": "a.b", "measured": math.nan})
+    assert columns("speed")[:3] == ("experiment", "kind", "status") and "latency_median_s" in columns("speed")
+    assert set(KINDS) == {"speed", "max_seq_len", "probe", "retrieval", "distributed", "perf_target"}
+
+
+def test_the_store_writes_nothing_of_a_refused_row(tmp_path):
+    store = ResultsStore(tmp_path, "schema", job_id="job")
+    store.append(_row(seq_len=64))
+    with pytest.raises(ValueError, match="seq_len='64'"):
+        store.append([_row(config_hash="g", seq_len=128), _row(config_hash="x", seq_len="64")])
+    assert store.read()["config_hash"].tolist() == ["h"]
