@@ -285,6 +285,9 @@ def compose(overrides: list[str]):
         HydraConfig.instance().set_config(cfg)
         with open_dict(cfg):
             del cfg["hydra"]
+        # concrete now: a later compose() replaces the HydraConfig this choice was read from
+        cfg.experiment = experiment_choice()
+        HydraConfig.instance().cfg = None
         return cfg
     except (HydraException, OmegaConfBaseException) as error:
         cause = f": {str(error.__cause__).splitlines()[0]}" if error.__cause__ is not None else ""

@@ -38,15 +38,23 @@ def _check_device(key: str, device: str) -> None:
                           f"use {key}=cpu")
 
 
-def _check_retrieval_side(cfg: DictConfig, job: str, validate_sections: Callable[[], None], device_key: str) -> None:
-    """The probe and retrieval jobs' checks, as ConfigError: their sections, the device, every variant."""
+def _check_retrieval_side(cfg: DictConfig, job: str, validate_sections: Callable[[], None], device_key: str,
+                          heads: int, seq_lens: list[int]) -> None:
+    """The probe and retrieval jobs' checks, as ConfigError: their sections, the device, every variant, and each
+    variant at the shapes the job will run (blocked dilated offsets, say, depend on the head count)."""
+    from attention_impls import make_params
+    from attention_impls.mechanisms import get_mechanism
+
     from .retrieval.run import normalize_attention
 
     try:
         validate_sections()
         _check_device(device_key, OmegaConf.select(cfg, device_key))
         for variant in _variants(cfg):
-            normalize_attention(variant)
+            attention = normalize_attention(variant)
+            params = make_params(attention["mechanism"], **attention["params"])
+            for seq_len in dict.fromkeys(int(n) for n in seq_lens):
+                get_mechanism(attention["mechanism"]).check_shape(params, seq_len, int(heads))
     except (RetrievalConfigError, ValueError, TypeError) as error:
         raise ConfigError(f"{job}: {error}") from None
 
@@ -56,7 +64,8 @@ def run_probe_job(cfg: DictConfig, store: ResultsStore | None = None, logger: An
     from .retrieval import run_probe
     from .retrieval.config import ProbeConfig
 
-    _check_retrieval_side(cfg, "probe", lambda: ProbeConfig.from_mapping(cfg.probe).validate(), "probe.device")
+    _check_retrieval_side(cfg, "probe", lambda: ProbeConfig.from_mapping(cfg.probe).validate(), "probe.device",
+                          cfg.probe.heads, [cfg.probe.seq_len])
     if check_only:
         return None
     return run_probe(_variants(cfg), cfg.probe, store, logger)
@@ -71,7 +80,7 @@ def run_retrieval_job(cfg: DictConfig, store: ResultsStore | None = None, logger
 
     sections = {name: cfg[name] for name in ("task", "model", "train", "eval")}
     _check_retrieval_side(cfg, "retrieval", lambda: RetrievalConfig.from_mapping(sections).validate(),
-                          "train.device")
+                          "train.device", cfg.model.heads, [cfg.task.seq_len, *cfg.eval.seq_lens])
     if check_only:
         return None
     frames = [run_retrieval(variant, sections, store, logger, resume=cfg.resume) for variant in _variants(cfg)]

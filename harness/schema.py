@@ -3,8 +3,8 @@
 `ResultsStore.append` checks each row against its kind's schema, so a job that writes a misspelt kind, a row
 without its kind, status or config_hash, or a value of the wrong type (a latency as text, a count as a list) fails at the write
 that made it, naming the column, instead of surfacing as a blank cell in a report. Columns a schema does not
-name are allowed (the environment fingerprint, a backend's extra diagnostics); the report's tables and the test
-fixtures read their column names from here.
+name are allowed (the environment fingerprint, a backend's extra diagnostics). The report's test fixtures are
+checked against it; the report's tables still list their own (derived) columns.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ import math
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
 
 STATUSES = ("ok", "wrong", "oom", "timeout", "unsupported", "nan", "error", "skipped")
 
@@ -75,21 +78,27 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))  # NaN of any float type, pd.NA, NaT
+    except (TypeError, ValueError):
+        return False  # a list or array: a value, not a missing one
 
 
 def _fits(value: Any, kind: str) -> bool:
     if kind == TEXT:
         return isinstance(value, str)
     if kind == BOOL:
-        return isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's bool
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return isinstance(value, (bool, np.bool_))
+    if isinstance(value, (bool, np.bool_)):
         return False  # True is an int to Python, not a count or a latency
     if kind == INT:
-        return isinstance(value, Integral) or (isinstance(value, Real) and float(value).is_integer())
+        return isinstance(value, Integral) or (isinstance(value, Real) and (float(value).is_integer()
+                                                                             or math.isinf(value)))
     if kind == NUMBER:
         return isinstance(value, Real)
-    return isinstance(value, (list, tuple, dict, str))  # JSON: a structure, or its text
+    return isinstance(value, (list, tuple, dict, str, np.ndarray))  # JSON: a structure, or its text
 
 
 def check_row(row: Mapping[str, Any]) -> None:

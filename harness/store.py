@@ -96,11 +96,13 @@ class ResultsStore:
         """Add rows and rewrite this job's part files atomically (part files are small)."""
         rows = [rows] if isinstance(rows, Mapping) else list(rows)
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        checked = []
         for row in rows:
             full = {"experiment": self.experiment, "job_id": self.job_id, "timestamp": now, "reason": ""}
             full.update(row)
-            check_row(full)  # before anything is written: a bad row never reaches the part file
-            self._rows.append(full)
+            check_row(full)  # every row before any is kept: a refused batch leaves nothing behind
+            checked.append(full)
+        self._rows.extend(checked)
         frame = _frame(self._rows)
         write_table(frame, self.part_path)
         write_table(frame, self.part_path.with_suffix(".csv"))

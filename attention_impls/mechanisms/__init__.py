@@ -2,8 +2,8 @@
 float64 reference, report label and test strategy; see base.Mechanism).
 
 Adding a mechanism: write `mechanisms/<name>.py` ending in `MECHANISM = <YourMechanism>()`, add its module to
-`_MODULES` below, add its backends under `ops/` (each one file and one import there) and a config per backend
-under `conf/attention/`.
+`_MODULES` below, and add its backends under `ops/` (one file each; every module there is imported, and its
+`attention=<mechanism>_<backend>` config node is generated from the registry).
 """
 
 from __future__ import annotations

@@ -730,12 +730,14 @@ def fold_constant_columns(frame: pd.DataFrame, keep: Iterable[str] = ("variant",
     the rows), and a table of one row keeps everything (nothing is constant "across" one row)."""
     if len(frame) < 2:
         return frame, ""
-    text = format_frame(frame)
+    text = format_frame(frame)  # drops the columns that are empty throughout
     constant = [c for c in text.columns if c not in set(keep) and text[c].nunique(dropna=False) == 1]
+    if len(constant) == len(text.columns):
+        constant = constant[:-1]  # a table keeps at least one column
     if not constant:
         return frame, ""
     line = "Same in every row: " + ", ".join(f"{c} = {text[c].iloc[0]}" for c in constant) + "."
-    return frame.drop(columns=constant), line
+    return frame[[c for c in text.columns if c not in constant]], line
 
 
 def to_markdown(frame: pd.DataFrame) -> str:

@@ -124,3 +124,20 @@ def test_gpu_preset_without_cuda_exits_2_naming_the_key(monkeypatch, capsys):
         main()
     assert exit_info.value.code == 2
     assert "train.device=cuda but CUDA is not available" in capsys.readouterr().err
+
+
+def test_the_experiment_name_is_fixed_when_composed():
+    first = compose(["experiment=probe"])
+    compose(["experiment=longformer"])
+    assert first.name == first.experiment == "probe"
+    assert compose([]).experiment == "default"
+
+
+def test_blocked_offsets_are_checked_at_the_probes_shape_before_it_runs(tmp_path):
+    from harness.run import check
+
+    cfg = compose(["experiment=probe", f"paths.results_dir={tmp_path}", "probe.heads=3",
+                   "+variants.dilated_32_64_128.params.head_offsets=blocked",
+                   "variants.dilated_32_64_128.params.dilation_rates=[2,2,2]"])
+    with pytest.raises(ConfigError, match="probe: .*in no branch"):
+        check(cfg)

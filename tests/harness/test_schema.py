@@ -43,3 +43,13 @@ def test_the_store_writes_nothing_of_a_refused_row(tmp_path):
     with pytest.raises(ValueError, match="seq_len='64'"):
         store.append([_row(config_hash="g", seq_len=128), _row(config_hash="x", seq_len="64")])
     assert store.read()["config_hash"].tolist() == ["h"]
+    store.append(_row(config_hash="c", seq_len=32))  # the refused batch's good row is not written later either
+    assert store.read()["config_hash"].tolist() == ["h", "c"]
+
+
+def test_numpy_and_pandas_values_pass():
+    import numpy as np
+    import pandas as pd
+
+    check_row(_row(causal=np.True_, noisy=np.bool_(False), seq_len=np.int64(64), latency_median_s=np.float32(1e-3),
+                   latency_count=pd.NA, rounds=np.float32("nan"), latency_times_s=np.array([1.0, 2.0])))

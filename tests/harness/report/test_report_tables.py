@@ -207,7 +207,10 @@ def test_constant_columns_fold_into_one_line_and_naming_columns_stay():
     frame = pd.DataFrame({"variant": ["a", "a"], "dtype": ["float32", "float32"], "heads": [4, 4],
                           "seq_len": [1024, 2048], "note": [None, None]})
     shown, line = tables.fold_constant_columns(frame)
-    assert list(shown.columns) == ["variant", "seq_len", "note"]  # an empty column is format_frame's to drop
+    assert list(shown.columns) == ["variant", "seq_len"]  # an empty column is dropped too
+    failed = pd.DataFrame({"status": ["oom", "oom"], "reason": ["x", "x"], "noisy": [float("nan")] * 2})
+    kept, _ = tables.fold_constant_columns(failed, keep=())
+    assert list(kept.columns) == ["reason"] and "no rows" not in tables.to_markdown(kept)
     assert line == "Same in every row: dtype = float32, heads = 4."
     one_row, nothing = tables.fold_constant_columns(frame.head(1))
     assert nothing == "" and list(one_row.columns) == list(frame.columns)
