@@ -14,7 +14,7 @@ import torch
 
 from ..kernels import CpuFlashKernel, LseFunction, default_scale, merge_lse_into
 from ..registry import AttentionBackend, register
-from ._window_band import band_backward, band_forward
+from ._window_band import FORWARD_BLOCK, Band, backward_block, band_backward, band_forward
 
 
 def _forward(q, k, v, left: int, right: int, global_tokens: int, causal: bool, scale: float):
@@ -82,8 +82,25 @@ class LongformerBandGlobal(AttentionBackend):
     backward_devices = frozenset({"cpu"})
     dtypes = frozenset({torch.float64, torch.float32, torch.float16, torch.bfloat16})
 
-    def forward(self, q, k, v, causal):
+    def _window(self, seq_len: int, causal: bool) -> tuple[int, int]:
+        """The window as the band path over positions G.. takes it: wider than that part sees nothing more, and
+        an unclipped width would size the band's edge masks by the window rather than by the sequence."""
         left, right = self.params.window(causal)
+        rest = max(seq_len - self.params.globals_in(seq_len), 1)
+        return min(left, rest - 1), min(right, rest - 1)
+
+    def forward(self, q, k, v, causal):
+        left, right = self._window(q.shape[1], causal)
         options = {"left": left, "right": right, "global_tokens": self.params.global_tokens, "causal": causal,
                    "scale": default_scale(q.shape[-1], self.params.scale)}
         return LseFunction.apply(q, k, v, _forward, _backward, options)
+
+    def executed_pairs(self, seq_len, num_heads, causal, device="cpu", backward=False):
+        """Global rows as scored (one dense call); the other rows: the band path's blocks, which score their whole
+        band, plus every global key."""
+        g = self.params.globals_in(seq_len)
+        left, right = self._window(seq_len, causal)
+        block = backward_block(left, right) if backward else FORWARD_BLOCK
+        global_rows = g * (g + 1) // 2 if causal else g * seq_len
+        band = Band(seq_len - g, left, right, block).executed_pairs() if seq_len > g else 0
+        return num_heads * (global_rows + band + (seq_len - g) * g)

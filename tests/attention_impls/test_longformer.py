@@ -82,3 +82,13 @@ def test_picked_on_cpu_and_refused_with_reasons_on_cuda_when_there_is_none():
     assert attn.backend == "band_global"
     assert REGISTRY["longformer"]["band_global"].not_supported_reasons("cuda", torch.float32, False, False) == [
         "device=cuda (supported: cpu)"]
+
+
+def test_band_global_counts_what_it_executes_and_takes_windows_wider_than_the_sequence():
+    attn = ai.build("longformer", "band_global", window=8, global_tokens=4)
+    useful = ai.useful_pairs(attn.params, 4096, 2, True)
+    executed = attn._impl("band_global").executed_pairs(4096, 2, True)
+    assert executed >= useful  # the band path scores its whole band per block
+    params = {"window": 2**40, "global_tokens": 3}  # a window wider than N is dense, and cheap to set up
+    assert_matches_reference(ai.build("longformer", "band_global", **params), "longformer", params,
+                             dict(batch=1, seq_len=50, heads=2, head_dim=8, causal=False))
