@@ -134,6 +134,8 @@ class TargetsConfig:
     threads: int = 2
     smoke: bool = False  # tiny shapes: checks that every target runs, in seconds
     skip_1m: bool = False  # leave out the 1M-token scaling target
+    timeout_s: float = 3600.0  # per measurement, run in the worker (the 1M-token scaling run takes minutes)
+    fault_hook: Optional[str] = None  # tests: "module:function" called with each measurement's name first
     only: List[str] = field(default_factory=list)  # [] = every target for this device
 
 

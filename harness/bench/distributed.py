@@ -51,13 +51,13 @@ from omegaconf import DictConfig, OmegaConf
 
 import attention_impls
 from attention_impls.distributed import shard_lengths
-from attention_impls.params import check_dilated_coverage
 
 from .. import environment
 from ..config import ConfigError
 from ..store import ResultsStore, config_hash
-from .measure import DTYPES, PASSES, Timing, _sync, peak_memory_bytes
-from .sweep import check_benchmark_shape_and_timing, check_hook, check_positive
+from .measure import DTYPES, Timing, _sync, peak_memory_bytes
+from .plan import (check_benchmark, check_device, check_hook, check_positive, check_seq_lens, check_shapes, grid,
+                   point_columns, read_variants)
 
 KIND = "distributed"
 MECHANISMS = ("dense", "dilated")  # what attention_impls.distributed implements
@@ -94,7 +94,7 @@ class DistPoint:
     pass_name: str
     device: str  # cpu | cuda (rank r of a node uses cuda:<local rank>)
     dist_backend: str  # gloo | nccl
-    backend_requested: str | None = None  # the variant's single-process backend; not used by the distributed path
+    backend: str | None = None  # the variant's single-process backend as requested; not used by the distributed path
 
     @property
     def backward(self) -> bool:
@@ -107,7 +107,7 @@ class DistPoint:
     def identity(self) -> dict[str, Any]:
         """What makes two rows the same point (every rank shares it; the `rank` column tells them apart)."""
         identity = asdict(self)
-        for key in ("variant", "backend_requested"):
+        for key in ("variant", "backend"):
             identity.pop(key)
         return {"kind": KIND, **identity, "shard_lengths": self.shard_lengths}
 
@@ -150,23 +150,11 @@ class DistributedPlan:
         return [p for p in self.points if p.world_size == world_size]
 
 
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"benchmark.device={name!r}: the distributed job takes cpu, cuda or auto (each rank "
-                          f"uses cuda:<local rank>)")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"benchmark.device=cuda but CUDA is not available here (torch {torch.__version__}); "
-                          f"use benchmark.device=cpu or auto")
-    return name
-
-
 def plan_distributed(cfg: DictConfig) -> DistributedPlan:
     """Validate everything the distributed job needs and expand its points; raises ConfigError on bad input."""
     bench, dist_cfg = cfg.benchmark, cfg.distributed
-    device = _device(bench.device)
-    check_benchmark_shape_and_timing(bench)
+    device = check_device(bench.device, allow_index=False)
+    check_benchmark(bench, correctness=dist_cfg.check_max_seq_len > 0)
     check_positive("distributed.calls_per_sample", dist_cfg.calls_per_sample)
     check_positive("distributed.check_max_seq_len", dist_cfg.check_max_seq_len, 0)
     for name in ("collective_timeout_s", "health_timeout_s"):
@@ -197,60 +185,26 @@ def plan_distributed(cfg: DictConfig) -> DistributedPlan:
                                   f"{torch.cuda.device_count()} GPUs (one per rank); launch with torchrun across "
                                   f"nodes for more")
 
-    for key, allowed in (("dtypes", DTYPES), ("passes", PASSES)):
-        for value in bench[key]:
-            if value not in allowed:
-                raise ConfigError(f"benchmark.{key}: {value!r} is not known; choose from: {', '.join(allowed)}")
-    for key in ("dtypes", "passes", "causal", "seq_lens"):
-        if len(bench[key]) == 0:
-            raise ConfigError(f"benchmark.{key} is empty; give at least one value")
-    if dist_cfg.check_max_seq_len > 0:
-        for dtype in bench.dtypes:
-            for tolerance in ("out_atol", "grad_atol"):
-                if dtype not in bench.correctness[tolerance]:
-                    raise ConfigError(f"benchmark.correctness.{tolerance} has no entry for dtype {dtype} (the "
-                                      f"distributed check uses it; distributed.check_max_seq_len=0 turns it off)")
-    seq_lens = sorted(bench.seq_lens)
-    for seq_len in seq_lens:
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-            raise ConfigError(f"benchmark.seq_lens: {seq_len!r} must be a positive int")
-        for world_size in world_sizes:
-            if seq_len < world_size:
-                raise ConfigError(f"benchmark.seq_lens: {seq_len} is shorter than {world_size} ranks (each rank "
-                                  f"needs at least one position)")
-
-    variants = []
-    nodes = [("attention", cfg.attention)] + [(f"variants.{key}", node) for key, node in cfg.variants.items()]
-    for where, node in nodes:
-        params = OmegaConf.to_container(node.params, resolve=True)
-        try:
-            spec = attention_impls.make_params(node.mechanism, **params)
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"{where} ({node.name}): {error}") from None
-        if node.mechanism == "dilated":
-            if spec.head_offsets != "cyclic":
-                raise ConfigError(f"{where} ({node.name}): head_offsets={spec.head_offsets!r} is not supported by "
-                                  "the sequence-parallel attention, which splits heads by h mod r (use "
-                                  "head_offsets=cyclic)")
-            for seq_len in seq_lens:
-                try:
-                    check_dilated_coverage(spec, seq_len, bench.heads)
-                except ValueError as error:
-                    raise ConfigError(f"{where} ({node.name}): seq_len={seq_len}, heads={bench.heads}: "
-                                      f"{error}") from None
-        variants.append((node.name, node.mechanism, node.backend, params))
+    seq_lens = check_seq_lens(list(bench.seq_lens))
+    for world_size in world_sizes:
+        if seq_lens[0] < world_size:
+            raise ConfigError(f"benchmark.seq_lens: {seq_lens[0]} is shorter than {world_size} ranks (each rank "
+                              f"needs at least one position)")
+    variants = read_variants(cfg)
+    for variant in variants:
+        if variant.mechanism == "dilated" and variant.spec.head_offsets != "cyclic":
+            raise ConfigError(f"{variant.where} ({variant.name}): head_offsets={variant.spec.head_offsets!r} is not "
+                              "supported by the sequence-parallel attention, which splits heads by h mod r (use "
+                              "head_offsets=cyclic)")
+        check_shapes(variant, seq_lens, bench.heads)
 
     points, unsupported = [], []
     for world_size in world_sizes:
-        for name, mechanism, backend, params in variants:
-            for dtype in bench.dtypes:
-                for causal in bench.causal:
-                    for pass_name in bench.passes:
-                        for seq_len in seq_lens:
-                            point = DistPoint(name, mechanism, params, int(seq_len), world_size, bench.batch,
-                                              bench.heads, bench.head_dim, dtype, bool(causal), pass_name, device,
-                                              dist_backend, backend)
-                            (points if mechanism in MECHANISMS else unsupported).append(point)
+        for variant, dtype, causal, pass_name, seq_len in grid(variants, bench, seq_lens):
+            point = DistPoint(variant.name, variant.mechanism, variant.params, seq_len, world_size, bench.batch,
+                              bench.heads, bench.head_dim, dtype, causal, pass_name, device, dist_backend,
+                              variant.backend)
+            (points if variant.mechanism in MECHANISMS else unsupported).append(point)
     settings = RankSettings(
         warmup=bench.warmup, min_repeats=bench.min_repeats, min_run_time_s=bench.min_run_time_s,
         calls_per_sample=dist_cfg.calls_per_sample, check_max_seq_len=dist_cfg.check_max_seq_len,
@@ -307,19 +261,8 @@ class RankRunner:
             self.hook = getattr(importlib.import_module(module_name), function_name)
 
     def base_row(self, point: DistPoint) -> dict[str, Any]:
-        lengths = point.shard_lengths
-        return {
-            "kind": KIND, "variant": point.variant, "mechanism": point.mechanism, "backend": BACKEND,
-            "backend_requested": point.backend_requested or "auto",
-            "params": json.dumps(point.params, sort_keys=True), "batch": point.batch, "seq_len": point.seq_len,
-            "heads": point.heads, "head_dim": point.head_dim, "dtype": point.dtype, "causal": point.causal,
-            "pass": point.pass_name, "device": point.device, "dist_backend": point.dist_backend,
-            "world_size": point.world_size, "shard_lengths": lengths, "rank": self.rank,
-            "local_rank": self.local_rank, "local_seq_len": lengths[self.rank],
-            "shard_start": sum(lengths[: self.rank]), "launcher": self.launcher,
-            "threads": torch.get_num_threads(), "status": "ok", "reason": "",
-            "config": self.settings.config_json, "config_hash": config_hash(point.identity()), **self.env,
-        }
+        return {**_point_columns(point, self.settings, self.rank, self.local_rank, self.launcher),
+                "threads": torch.get_num_threads(), "status": "ok", "reason": "", **self.env}
 
     def measure(self, point: DistPoint) -> tuple[dict[str, Any], bool]:
         """This rank's row for `point`, and whether the group is broken (the rank must stop after recording)."""
@@ -607,18 +550,8 @@ class _Group:
                 status, reason = "error", f"rank {rank} died during this point ({_describe_exit(proc.exitcode)})"
             if rank in self.fatal:
                 reason += f": {self.fatal[rank]}"
-            lengths = point.shard_lengths
-            rows.append({
-                "kind": KIND, "variant": point.variant, "mechanism": point.mechanism, "backend": BACKEND,
-                "backend_requested": point.backend_requested or "auto",
-                "params": json.dumps(point.params, sort_keys=True), "batch": point.batch, "seq_len": point.seq_len,
-                "heads": point.heads, "head_dim": point.head_dim, "dtype": point.dtype, "causal": point.causal,
-                "pass": point.pass_name, "device": point.device, "dist_backend": point.dist_backend,
-                "world_size": point.world_size, "shard_lengths": lengths, "rank": rank, "local_rank": rank,
-                "local_seq_len": lengths[rank], "shard_start": sum(lengths[:rank]), "launcher": "spawn",
-                "status": status, "reason": reason, "exitcode": proc.exitcode,
-                "config": self.plan.settings.config_json, "config_hash": config_hash(point.identity()),
-            })
+            rows.append({**_point_columns(point, self.plan.settings, rank, rank, "spawn"),
+                         "status": status, "reason": reason, "exitcode": proc.exitcode})
         return rows
 
 
@@ -638,14 +571,23 @@ def _completed(frame: pd.DataFrame) -> set[str]:
 
 def _unsupported_row(point: DistPoint, settings: RankSettings, env: dict[str, Any]) -> dict[str, Any]:
     return {
-        "kind": KIND, "variant": point.variant, "mechanism": point.mechanism, "backend": None,
-        "backend_requested": point.backend_requested or "auto", "params": json.dumps(point.params, sort_keys=True),
-        "batch": point.batch, "seq_len": point.seq_len, "heads": point.heads, "head_dim": point.head_dim,
-        "dtype": point.dtype, "causal": point.causal, "pass": point.pass_name, "device": point.device,
-        "dist_backend": point.dist_backend, "world_size": point.world_size, "status": "unsupported",
+        **point_columns(KIND, point), "backend": None, "dist_backend": point.dist_backend,
+        "world_size": point.world_size, "status": "unsupported",
         "reason": f"mechanism={point.mechanism}: no sequence-parallel implementation (attention_impls.distributed "
                   f"has: {', '.join(MECHANISMS)})",
         "config": settings.config_json, "config_hash": config_hash(point.identity()), **env,
+    }
+
+
+def _point_columns(point: DistPoint, settings: RankSettings, rank: int, local_rank: int,
+                   launcher: str) -> dict[str, Any]:
+    """The columns of one rank's row for a point it ran (or died running)."""
+    lengths = point.shard_lengths
+    return {
+        **point_columns(KIND, point), "backend": BACKEND, "dist_backend": point.dist_backend,
+        "world_size": point.world_size, "shard_lengths": lengths, "rank": rank, "local_rank": local_rank,
+        "local_seq_len": lengths[rank], "shard_start": sum(lengths[:rank]), "launcher": launcher,
+        "config": settings.config_json, "config_hash": config_hash(point.identity()),
     }
 
 

@@ -23,27 +23,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import attention_impls
-from attention_impls.mechanisms import get_mechanism
 from attention_impls.registry import get_backend_class
 
 from .. import environment
 from ..config import ConfigError
 from ..store import ResultsStore, config_hash
 from .flops import point_flops
-from .measure import DTYPES, PASSES, Point, latency_columns
+from .measure import DTYPES, Point, latency_columns
+from .plan import (Variant, check_benchmark, check_device, check_hook, check_positive, check_seq_lens, check_shapes,
+                   grid, point_columns, read_variants)
 from .worker import Worker
 
 FAILED = ("oom", "timeout")  # statuses that end a seq_len ladder
 REFERENCE_MAX_SEQ_LEN = 8192  # the float64 references materialise (batch, heads, N, N) scores
 DONE_STATUSES = ("ok", "wrong", "unsupported", "oom", "timeout", "nan")
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    mechanism: str
-    backend: str | None
-    params: dict
 
 
 @dataclass
@@ -54,76 +47,15 @@ class SpeedPlan:
     search: bool
 
 
-def _variants(cfg: DictConfig) -> list[Variant]:
-    nodes = [("attention", cfg.attention)] + [(f"variants.{key}", node) for key, node in cfg.variants.items()]
-    variants, seen = [], set()
-    for where, node in nodes:
-        params = OmegaConf.to_container(node.params, resolve=True)
-        try:
-            attention_impls.make_params(node.mechanism, **params)
-            if node.backend is not None:
-                get_backend_class(node.mechanism, node.backend)
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"{where} ({node.name}): {error}") from None
-        variant = Variant(node.name, node.mechanism, node.backend, params)
-        identity = json.dumps([variant.mechanism, variant.backend, params], sort_keys=True)
-        if identity not in seen:  # the same variant listed twice is measured once
-            seen.add(identity)
-            variants.append(variant)
-    return variants
-
-
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"benchmark.device={name} but CUDA is not available here (torch {torch.__version__}); "
-                              f"use benchmark.device=cpu or auto")
-        return name
-    raise ConfigError(f"benchmark.device={name!r} is not known; choose one of: cpu, cuda, cuda:<index>, auto")
-
-
-def check_positive(name: str, value: Any, minimum: float = 1) -> None:
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-        raise ConfigError(f"{name}={value} must be >= {minimum:g}")
-
-
-def check_benchmark_shape_and_timing(bench: DictConfig) -> None:
-    """The benchmark keys every measuring job (speed, distributed) shares: shape, repeats, budgets, threads."""
-    for name in ("batch", "heads", "head_dim", "min_repeats", "rounds"):
-        check_positive(f"benchmark.{name}", bench[name])
-    check_positive("benchmark.warmup", bench.warmup, 0)
-    for name in ("min_run_time_s", "timeout_s"):
-        if not bench[name] > 0:
-            raise ConfigError(f"benchmark.{name}={bench[name]} must be > 0")
-    if bench.threads is not None:
-        check_positive("benchmark.threads", bench.threads)
-
-
 def plan_speed(cfg: DictConfig) -> SpeedPlan:
     """Validate everything a speed run needs and expand its points; raises ConfigError on bad input."""
     bench = cfg.benchmark
-    device = _device(bench.device)
-    check_benchmark_shape_and_timing(bench)
+    device = check_device(bench.device)
+    check_benchmark(bench, correctness=bench.correctness.enabled)
     if bench.worker_memory_limit_gb is not None and not bench.worker_memory_limit_gb > 0:
         raise ConfigError(f"benchmark.worker_memory_limit_gb={bench.worker_memory_limit_gb} must be > 0 (or null)")
     if bench.isolation not in ("process", "inline"):
         raise ConfigError(f"benchmark.isolation={bench.isolation!r} must be one of: process, inline")
-    for dtype in bench.dtypes:
-        if dtype not in DTYPES:
-            raise ConfigError(f"benchmark.dtypes: {dtype!r} is not known; choose from: {', '.join(DTYPES)}")
-        for tolerance in ("out_atol", "grad_atol"):
-            if bench.correctness.enabled and dtype not in bench.correctness[tolerance]:
-                raise ConfigError(f"benchmark.correctness.{tolerance} has no entry for dtype {dtype}")
-    for pass_name in bench.passes:
-        if pass_name not in PASSES:
-            raise ConfigError(f"benchmark.passes: {pass_name!r} is not known; choose from: {', '.join(PASSES)}")
-    for key in ("dtypes", "passes", "causal"):
-        if len(bench[key]) == 0:
-            raise ConfigError(f"benchmark.{key} is empty; give at least one value")
     search = bench.max_seq_len.enabled
     if search:
         limits = bench.max_seq_len
@@ -135,9 +67,7 @@ def plan_speed(cfg: DictConfig) -> SpeedPlan:
             raise ConfigError(f"benchmark.max_seq_len.latency_budget_s={limits.latency_budget_s} must be > 0")
         seq_lens = [limits.start]
     else:
-        seq_lens = list(bench.seq_lens)
-        if not seq_lens:
-            raise ConfigError("benchmark.seq_lens is empty; give at least one sequence length")
+        seq_lens = check_seq_lens(list(bench.seq_lens))
     if bench.correctness.enabled:
         check_positive("benchmark.correctness.seq_len", bench.correctness.seq_len)
         check_positive("benchmark.correctness.batch", bench.correctness.batch)
@@ -145,63 +75,37 @@ def plan_speed(cfg: DictConfig) -> SpeedPlan:
     if bench.fault_hook:
         check_hook("benchmark.fault_hook", bench.fault_hook)
 
-    variants = _variants(cfg)
+    variants = read_variants(cfg)
     for variant in variants:
-        _check_variant_here(variant, device, seq_lens, bench)
+        _check_backend_here(variant, device)
+        if variant.backend == "reference" and max(seq_lens) > REFERENCE_MAX_SEQ_LEN:
+            raise ConfigError(f"{variant.name}: seq_len={max(seq_lens)} is too large for the float64 reference, "
+                              f"which materialises N x N scores (at most {REFERENCE_MAX_SEQ_LEN})")
+        check_shapes(variant, seq_lens, bench.heads)
 
     gate = OmegaConf.to_container(bench.correctness, resolve=True) if bench.correctness.enabled else {}
-    points = []
-    for variant in variants:
-        for dtype in bench.dtypes:
-            for causal in bench.causal:
-                for pass_name in bench.passes:
-                    for seq_len in sorted(seq_lens):
-                        points.append(Point(
-                            variant=variant.name, mechanism=variant.mechanism, backend=variant.backend,
-                            params=variant.params, batch=bench.batch, seq_len=int(seq_len), heads=bench.heads,
-                            head_dim=bench.head_dim, dtype=dtype, causal=bool(causal), pass_name=pass_name,
-                            device=device, seed=cfg.seed, warmup=bench.warmup,
-                            min_run_time_s=bench.min_run_time_s, min_repeats=bench.min_repeats,
-                            threads=bench.threads, gate=gate, fault_hook=bench.fault_hook))
+    points = [Point(variant=variant.name, mechanism=variant.mechanism, backend=variant.backend,
+                    params=variant.params, batch=bench.batch, seq_len=seq_len, heads=bench.heads,
+                    head_dim=bench.head_dim, dtype=dtype, causal=causal, pass_name=pass_name, device=device,
+                    seed=cfg.seed, warmup=bench.warmup, min_run_time_s=bench.min_run_time_s,
+                    min_repeats=bench.min_repeats, threads=bench.threads, gate=gate, fault_hook=bench.fault_hook)
+              for variant, dtype, causal, pass_name, seq_len in grid(variants, bench, seq_lens)]
     return SpeedPlan(variants=variants, device=device, points=points, search=search)
 
 
-def check_hook(key: str, path: str) -> None:
-    """A "module:function" test hook must import and be callable before anything runs."""
-    import importlib
-
-    module_name, _, function_name = path.partition(":")
-    try:
-        function = getattr(importlib.import_module(module_name), function_name, None)
-    except ImportError as error:
-        raise ConfigError(f"{key}={path!r}: cannot import {module_name!r} ({error})") from None
-    if not callable(function):
-        raise ConfigError(f"{key}={path!r} must name a function as 'module:function'")
-
-
-def _check_variant_here(variant: Variant, device: str, seq_lens: list[int], bench: DictConfig) -> None:
-    """A backend that cannot run on this device at all, or a seq_len the variant cannot take, is bad input."""
-    if variant.backend is not None:
-        cls = get_backend_class(variant.mechanism, variant.backend)
-        device_type = torch.device(device).type
-        reasons = [r for r in [cls.unavailable_reason()] if r]
-        if device_type not in cls.devices:
-            reasons.append(f"device={device_type} (supported: {', '.join(sorted(cls.devices))})")
-        if reasons:
-            runnable = [i.name for i in attention_impls.backends(variant.mechanism) if i.available]
-            raise ConfigError(f"{variant.name}: {variant.mechanism} backend {variant.backend!r} is unavailable here: "
-                              f"{'; '.join(reasons)}. Available: {', '.join(runnable)}")
-    for seq_len in seq_lens:
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-            raise ConfigError(f"benchmark.seq_lens: {seq_len!r} must be a positive int")
-        if variant.backend == "reference" and seq_len > REFERENCE_MAX_SEQ_LEN:
-            raise ConfigError(f"{variant.name}: seq_len={seq_len} is too large for the float64 reference, which "
-                              f"materialises N x N scores (at most {REFERENCE_MAX_SEQ_LEN})")
-        try:
-            get_mechanism(variant.mechanism).check_shape(
-                attention_impls.make_params(variant.mechanism, **variant.params), seq_len, bench.heads)
-        except ValueError as error:
-            raise ConfigError(f"{variant.name}: seq_len={seq_len}, heads={bench.heads}: {error}") from None
+def _check_backend_here(variant: Variant, device: str) -> None:
+    """A backend that cannot run on this device at all is bad input."""
+    if variant.backend is None:
+        return
+    cls = get_backend_class(variant.mechanism, variant.backend)
+    device_type = torch.device(device).type
+    reasons = [r for r in [cls.unavailable_reason()] if r]
+    if device_type not in cls.devices:
+        reasons.append(f"device={device_type} (supported: {', '.join(sorted(cls.devices))})")
+    if reasons:
+        runnable = [i.name for i in attention_impls.backends(variant.mechanism) if i.available]
+        raise ConfigError(f"{variant.name}: {variant.mechanism} backend {variant.backend!r} is unavailable here: "
+                          f"{'; '.join(reasons)}. Available: {', '.join(runnable)}")
 
 
 # ---- running -------------------------------------------------------------------------------------------------
@@ -327,12 +231,7 @@ class SpeedRun:
 
     def _record(self, point: Point, point_hash: str, backend: str | None, columns: dict[str, Any]) -> dict:
         backend = columns.pop("backend", None) or backend
-        row: dict[str, Any] = {
-            "kind": "speed", "variant": point.variant, "mechanism": point.mechanism, "backend": backend,
-            "backend_requested": point.backend or "auto", "params": json.dumps(point.params, sort_keys=True),
-            "batch": point.batch, "seq_len": point.seq_len, "heads": point.heads, "head_dim": point.head_dim,
-            "dtype": point.dtype, "causal": point.causal, "pass": point.pass_name, "device": point.device,
-        }
+        row: dict[str, Any] = {**point_columns("speed", point), "backend": backend}
         row.update({column: None for column in MEASURED_COLUMNS})
         row.update(columns)
         if backend is not None and backend in attention_impls.registry.REGISTRY[point.mechanism]:
@@ -465,10 +364,8 @@ def run_search(run: SpeedRun, progress) -> None:
         identity = {"kind": "max_seq_len", **replace(base, seq_len=0).identity(),
                     "search": OmegaConf.to_container(limits, resolve=True)}
         row = {
-            "kind": "max_seq_len", "status": "ok", "variant": base.variant, "mechanism": base.mechanism,
-            "backend_requested": base.backend or "auto", "params": json.dumps(base.params, sort_keys=True),
-            "batch": base.batch, "heads": base.heads, "head_dim": base.head_dim, "dtype": base.dtype,
-            "causal": base.causal, "pass": base.pass_name, "device": base.device, "max_seq_len": best,
+            **{key: value for key, value in point_columns("max_seq_len", base).items() if key != "seq_len"},
+            "status": "ok", "max_seq_len": best,
             "first_failing_seq_len": worst, "limited_by": limited_by, "probes": [list(p) for p in probes],
             "reason": reason,
             "config": run.config_json, "config_hash": config_hash(identity), **run.env,

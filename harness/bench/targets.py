@@ -1,18 +1,24 @@
-"""The performance targets: each a ratio of two quantities measured within one run, against a limit.
+"""The performance targets, as data: each bounds the ratio of two quantities measured within one run.
 
-A job of the runner (`jobs: [targets]`, `shootout experiment=perf_targets`) and a script
-(`python scripts/perf_targets.py`, the same code). Each target is stored as a `kind=perf_target` row with its
-measured value, limit, comparison, verdict and, where it was taken over interleaved rounds, the spread of its
-per-round ratios. Timing, memory and the matmul ceiling are the runner's own (harness.bench.measure), so the
-numbers mean what they mean in a shootout. results/perf/NOTES.md holds what was tried and measured.
+A `Measurement` is a function the runner's worker runs (harness.bench.worker: a measurement that hangs or runs
+out of memory becomes a row, never a lost run) and that returns rounds of named quantities, taken interleaved
+(A B A B ...) so a change of the machine's load hits both sides of a ratio alike. A `Target` names a measurement,
+the two quantities whose ratio it bounds, a comparison and a limit; its value is the median of the per-round
+ratios, stored with their spread as a `kind=perf_target` row. Adding a target is one `Target(...)` line (and,
+for a new quantity, one `measure_*` function with its `Measurement` line).
+
+Runs as a job (`jobs: [targets]`, `shootout experiment=perf_targets`) and as a script (`scripts/perf_targets.py`,
+the same code). Timing, memory and the matmul ceiling are the runner's own (harness.bench.measure).
+results/perf/NOTES.md holds, per target, what bounds it, what was tried and what was measured.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -20,22 +26,21 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import attention_impls as ai
 from attention_impls.dilated_merge import plan
 from attention_impls.kernels import default_scale
-from attention_impls.ops.dilated_gather import branch_kernel
 from attention_impls.mechanisms import get_mechanism
+from attention_impls.ops.dilated_gather import branch_kernel
 from attention_impls.registry import PRIORITY
 from ..environment import fingerprint
 from ..store import ResultsStore, config_hash
-from .measure import Timing, matmul_ceiling, peak_memory_bytes, time_call
+from .measure import Timing, _load_hook, matmul_ceiling, peak_memory_bytes, time_call
+from .worker import Worker
 
+ROUNDS = 3  # interleaved rounds per ratio; the value reported is the median of the rounds' ratios
 DILATED = {"segment_lengths": [2048, 4096, 8192], "dilation_rates": [1, 2, 4]}
 PAPER = {"segment_lengths": [2048, 4096, 8192, 16384, 32768], "dilation_rates": [1, 2, 4, 6, 12]}
 SMOKE_DILATED = {"segment_lengths": [64, 128, 256], "dilation_rates": [1, 2, 4]}
-ALL_TARGETS = ("dilated_gather", "dilated_scaling", "sliding_window", "auto_pick", "dilated_vs_flash")
-DEFAULT_TARGETS = ["dilated_gather", "dilated_scaling", "sliding_window", "auto_pick"]  # every device; a GPU adds one
-ROUNDS = 3  # interleaved measurement rounds per ratio; the ratio reported is the median of the rounds' ratios
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sizes:
     heads: int = 8
     head_dim: int = 64
@@ -47,34 +52,113 @@ class Sizes:
     pick_n: int = 8192
     flash_n: int = 131072  # the GPU target: dilated against dense flash attention
     min_run_time_s: float = 2.0
-    dilated: dict = None  # type: ignore[assignment]
-    paper: dict = None  # type: ignore[assignment]
-
-    def __post_init__(self):
-        self.dilated = self.dilated or DILATED
-        self.paper = self.paper or PAPER
+    ceiling_size: int = 2048
+    dilated: tuple = tuple(DILATED.items())
+    paper: tuple = tuple(PAPER.items())
 
 
 SMOKE = Sizes(heads=2, head_dim=16, dilated_n=1024, scaling_small_n=512, scaling_large_n=2048, window=32,
-              window_n=512, pick_n=512, flash_n=1024, min_run_time_s=0.05, dilated=SMOKE_DILATED, paper=SMOKE_DILATED)
+              window_n=512, pick_n=512, flash_n=1024, min_run_time_s=0.05, ceiling_size=256,
+              dilated=tuple(SMOKE_DILATED.items()), paper=tuple(SMOKE_DILATED.items()))
 
 
-@dataclass
-class Rounds:
-    """The samples of interleaved measurement rounds, one tuple of quantities per round."""
+@dataclass(frozen=True)
+class Measurement:
+    """What the worker runs: `measure_<function>(bench, **arguments)` -> {"rounds": [...], "facts": {...}}."""
 
-    samples: list[tuple[float, ...]]
-
-    @property
-    def medians(self) -> tuple[float, ...]:
-        return tuple(statistics.median(column) for column in zip(*self.samples))
-
-    def column(self, position: int) -> list[float]:
-        """One quantity's value in every round, in round order."""
-        return [sample[position] for sample in self.samples]
+    name: str  # the prefix of its targets' keys
+    group: str  # what `targets.only` names
+    function: str
+    arguments: tuple[tuple[str, Any], ...] = ()
 
 
-@dataclass
+@dataclass(frozen=True)
+class Target:
+    """measured = median over rounds of round[numerator] / round[denominator]; passed = measured <comparison>
+    limit. `detail`: str.format over the quantities' medians (`<name>_ms` for seconds, `<name>_gflops` for FLOP/s,
+    `<name>_mib` for bytes) and the measurement's facts. `issue_on`: the device types on which it is one of the
+    issues' targets; elsewhere it is a context measurement against the same bar."""
+
+    key: str
+    label: str
+    measurement: str
+    numerator: str
+    denominator: str
+    comparison: str  # "<=" | ">="
+    limit: float
+    detail: str = ""
+    issue_on: tuple[str, ...] = ("cpu", "cuda")
+
+    def meets(self, value: float) -> bool:
+        return value <= self.limit if self.comparison == "<=" else value >= self.limit
+
+    def ratios(self, rounds: list[dict[str, float]]) -> list[float]:
+        return [quantities[self.numerator] / quantities[self.denominator] for quantities in rounds]
+
+
+_WINDOWS = [(causal, grad) for causal in (True, False) for grad in (False, True)]
+
+
+def _window_name(causal: bool, grad: bool) -> str:
+    return f"sliding_window.{'causal' if causal else 'bidirectional'}.{'forward_backward' if grad else 'forward'}"
+
+
+MEASUREMENTS: tuple[Measurement, ...] = (
+    Measurement("dilated_gather", "dilated_gather", "gather_forward"),
+    Measurement("dilated_gather.profile", "dilated_gather", "gather_profile"),
+    Measurement("dilated_gather.memory", "dilated_gather", "gather_memory"),
+    Measurement("dilated_gather.forward_backward", "dilated_gather", "gather_forward_backward"),
+    Measurement("dilated_scaling", "dilated_scaling", "paper_scaling"),
+    *(Measurement(_window_name(causal, grad), "sliding_window", "window_against_dense",
+                  (("causal", causal), ("grad", grad))) for causal, grad in _WINDOWS),
+    *(Measurement(f"auto_pick.{mechanism}", "auto_pick", "auto_pick", (("mechanism", mechanism),))
+      for mechanism in ai.MECHANISMS),
+    Measurement("dilated_vs_flash", "dilated_vs_flash", "dilated_against_flash"),
+)
+
+_ROUNDS_NOTE = "medians of {rounds} interleaved rounds"
+TARGETS: tuple[Target, ...] = (
+    Target("dilated_gather.overhead", "dilated gather: time / bare sum of branch kernels", "dilated_gather",
+           "forward_s", "bare_s", "<=", 1.05,
+           "N={seq_len}, forward {forward_s_ms:.1f} ms, bare kernels {bare_s_ms:.1f} ms (" + _ROUNDS_NOTE + ")"),
+    Target("dilated_gather.efficiency", "dilated gather: useful FLOP/s / matmul ceiling", "dilated_gather",
+           "flops_per_s", "ceiling_flops_per_s", ">=", 0.80,
+           "{flops_per_s_gflops:.1f} GFLOP/s useful, ceiling {ceiling_flops_per_s_gflops:.1f} GFLOP/s re-measured "
+           "each round; the bare branch kernels alone: {bare_flops_per_s_gflops:.1f} GFLOP/s"),
+    Target("dilated_gather.outside_kernel",
+           "dilated gather: share of forward time outside the attention kernel (profiler)",
+           "dilated_gather.profile", "outside_s", "total_s", "<=", 0.05,
+           "{outside_s_ms:.1f} of {total_s_ms:.1f} ms self CPU time outside the kernel"),
+    Target("dilated_gather.memory", "dilated gather: peak memory above inputs / output size", "dilated_gather.memory",
+           "peak_bytes", "output_bytes", "<=", 3.0,
+           "{peak_bytes_mib:.0f} MiB above inputs, output {output_bytes_mib:.0f} MiB; {mem_method}"),
+    Target("dilated_gather.forward_backward", "dilated gather: forward+backward / forward",
+           "dilated_gather.forward_backward", "forward_backward_s", "forward_s", "<=", 3.5,
+           "fwd+bwd {forward_backward_s_ms:.1f} ms, fwd {forward_s_ms:.1f} ms (" + _ROUNDS_NOTE + "); the bare "
+           "branch kernels' own fwd+bwd {bare_forward_backward_s_ms:.1f} ms, fwd {bare_forward_s_ms:.1f} ms"),
+    Target("dilated_scaling.per_token", "dilated paper config: time per token at N={large_n} / at N={small_n}",
+           "dilated_scaling", "large_per_token_s", "small_per_token_s", "<=", 1.10,
+           "N={large_n}: {large_us}; each between N={small_n} at {small_us} us/token; ratio to each bracket's mean"),
+    *(Target(_window_name(causal, grad), f"sliding window ({{backend}}) "
+             f"{'causal' if causal else '[{window}, {window}] non-causal (not an issue target)'} useful FLOP/s / "
+             f"dense SDPA's, {'forward+backward' if grad else 'forward'}", _window_name(causal, grad),
+             "window_flops_per_s", "dense_flops_per_s", ">=", 0.60,
+             "window {window} N={seq_len}: {window_flops_per_s_gflops:.1f} vs {dense_flops_per_s_gflops:.1f} "
+             "GFLOP/s (" + _ROUNDS_NOTE + ")", issue_on=("cpu", "cuda") if causal else ())
+      for causal, grad in _WINDOWS),
+    *(Target(f"auto_pick.{mechanism}", f"backend=None for {mechanism}: picked time / fastest time",
+             f"auto_pick.{mechanism}", "picked_s", "fastest_s", "<=", 1.10,
+             "picked {picked}; causal forward N={seq_len}: {listing}") for mechanism in ai.MECHANISMS),
+    Target("dilated_vs_flash.flops", "dilated ({backend}) useful FLOP/s / dense flash attention's, N={seq_len}",
+           "dilated_vs_flash", "dilated_flops_per_s", "dense_flops_per_s", ">=", 0.70,
+           "forward, not causal: {dilated_flops_per_s_gflops:.1f} vs {dense_flops_per_s_gflops:.1f} GFLOP/s ("
+           + _ROUNDS_NOTE + ")", issue_on=("cuda",)),
+)
+GROUPS = tuple(dict.fromkeys(m.group for m in MEASUREMENTS))
+DEFAULT_GROUPS = [g for g in GROUPS if g != "dilated_vs_flash"]  # every device; a GPU adds dilated_vs_flash
+
+
+@dataclass(frozen=True)
 class TargetSettings:
     """What a targets run measures: on which device and dtype, with how many threads, at full or smoke size."""
 
@@ -83,28 +167,31 @@ class TargetSettings:
     threads: int = 2
     smoke: bool = False  # tiny shapes: checks that every target runs (the test suite's)
     skip_1m: bool = False  # leave out the 1M-token scaling target (minutes)
-    only: tuple[str, ...] = ()  # these targets alone; () = DEFAULT_TARGETS (+ dilated_vs_flash on a GPU / smoke)
+    only: tuple[str, ...] = ()  # these groups alone; () = DEFAULT_GROUPS (+ dilated_vs_flash on a GPU / smoke)
+    timeout_s: float = 3600.0  # per measurement, in the worker (the 1M-token scaling run takes minutes)
+    isolation: str = "process"  # the worker: process, or inline (debugging, tests that patch a measurement)
+    fault_hook: str | None = None  # tests: "module:function" called with the measurement's name before it runs
 
     def chosen(self) -> list[str]:
         on_gpu = torch.device(self.device).type == "cuda"
-        chosen = list(self.only) or [*DEFAULT_TARGETS, *(["dilated_vs_flash"] if on_gpu or self.smoke else [])]
+        chosen = list(self.only) or [*DEFAULT_GROUPS, *(["dilated_vs_flash"] if on_gpu or self.smoke else [])]
         return [name for name in chosen if not (self.skip_1m and name == "dilated_scaling")]
 
+    def sizes(self) -> Sizes:
+        return SMOKE if self.smoke else Sizes()
 
-class Targets:
-    def __init__(self, args: TargetSettings, sizes: Sizes, store: ResultsStore) -> None:
-        self.args, self.sizes = args, sizes
-        self.device = torch.device(args.device)
-        self.dtype = getattr(torch, args.dtype)
-        self.store = store
-        self.env = fingerprint(args.device)
-        self.results: list[dict[str, Any]] = []
-        ceiling = matmul_ceiling(args.device, args.dtype, size=2048 if not args.smoke else 256,
-                                 min_run_time_s=1.0 if not args.smoke else 0.05)
-        self.ceiling = ceiling["matmul_peak_flops_per_s"]
-        print(f"matmul ceiling: {self.ceiling / 1e9:.1f} GFLOP/s ({ceiling['matmul_method']})")
 
-    def inputs(self, seq_len: int, requires_grad: bool = False, seed: int = 0):
+# ---- in the worker: the measurements -------------------------------------------------------------------------
+
+class Bench:
+    """What every measurement uses: inputs, a timer, the matmul ceiling, on the run's device and dtype."""
+
+    def __init__(self, settings: TargetSettings) -> None:
+        torch.set_num_threads(settings.threads)
+        self.settings, self.sizes = settings, settings.sizes()
+        self.device, self.dtype = torch.device(settings.device), getattr(torch, settings.dtype)
+
+    def inputs(self, seq_len: int, requires_grad: bool = False, seed: int = 0) -> list[torch.Tensor]:
         generator = torch.Generator().manual_seed(seed)
         shape = (1, seq_len, self.sizes.heads, self.sizes.head_dim)
         return [torch.randn(shape, generator=generator).to(self.device, self.dtype).requires_grad_(requires_grad)
@@ -115,283 +202,291 @@ class Targets:
             call()  # warm-up (and compile)
             return time_call(call, self.sizes.min_run_time_s, min_repeats=3)
 
-    def ceiling_now(self) -> float:
-        """The matmul ceiling re-measured now: the shared machine's speed drifts between minutes."""
-        size = 2048 if not self.args.smoke else 256
-        return matmul_ceiling(self.args.device, self.args.dtype, size=size,
-                              min_run_time_s=0.5 if not self.args.smoke else 0.05)["matmul_peak_flops_per_s"]
+    def seconds(self, call: Callable[[], Any], grad: bool = False) -> float:
+        return self.time(call, grad).median_s
 
-    def rounds(self, measure: Callable[[], tuple[float, ...]], count: int = ROUNDS) -> Rounds:
-        """Interleaved rounds of `measure()`: a load change hits every quantity of a round alike, and a ratio of
-        two quantities taken in the same round is what the targets compare (as the median over rounds)."""
-        return Rounds([measure() for _ in range(count)])
+    def ceiling(self, min_run_time_s: float = 0.5) -> float:
+        """The matmul ceiling measured now: the shared machine's speed drifts between minutes."""
+        run_time = min_run_time_s if not self.settings.smoke else 0.05
+        return matmul_ceiling(self.settings.device, self.settings.dtype, size=self.sizes.ceiling_size,
+                              min_run_time_s=run_time)["matmul_peak_flops_per_s"]
 
-    def record(self, key: str, target: str, measured: float, limit: float, higher_is_better: bool, detail: str,
-               issue_target: bool = True, rounds: Sequence[float] | None = None, **columns: Any) -> None:
-        """`key`: the target's stable name, `<method>.<measurement>` (the report keeps the newest row per key,
-        whatever its `target` label said then). `issue_target=False`: measured against a bar for context, not one
-        of the issue's targets. `rounds`: the
-        measured ratio in each round (`measured` is their median); its spread says whether a verdict is clear of
-        the machine's noise or straddles the limit."""
-        def meets(value: float) -> bool:
-            return value >= limit if higher_is_better else value <= limit
+    def flops(self, attn: Any, seq_len: int, causal: bool, backward: bool = False) -> float:
+        return ai.useful_flops(attn.params, 1, seq_len, self.sizes.heads, self.sizes.head_dim, causal, backward)
 
-        passed, sign = meets(measured), ">=" if higher_is_better else "<="
-        spread = ""
-        if rounds:
-            columns.update(round_min=min(rounds), round_max=max(rounds), round_count=len(rounds),
-                           rounds_passed=sum(map(meets, rounds)))
-            spread = (f"; rounds {min(rounds):.3f}-{max(rounds):.3f}, "
-                      f"{columns['rounds_passed']} of {len(rounds)} meet it")
-        print(f"{'PASS' if passed else 'FAIL'}  {target}: measured {measured:.3f}, target {sign} {limit}{spread}  "
-              f"({detail})")
-        self._keep({"status": "ok", "target_key": key, "target": target, "measured": measured, "limit": limit,
-                    "comparison": sign, "passed": passed, "issue_target": issue_target, "detail": detail, **columns})
+    def dilated(self, backend: str | None = "gather") -> Any:
+        return ai.build("dilated", backend, **dict(self.sizes.dilated))
 
-    def record_error(self, name: str, error: Exception) -> None:
-        """A target that raised: a row with status=error and the reason, never a lost run."""
-        reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
-        print(f"ERROR {name}: {reason}")
-        self._keep({"status": "error", "reason": reason, "target_key": name, "target": name, "measured": float("nan"),
-                    "passed": False, "issue_target": True})
 
-    def _keep(self, columns: dict[str, Any]) -> None:
-        row = {"kind": "perf_target", **columns, "device": self.args.device, "dtype": self.args.dtype,
-               "smoke": self.args.smoke, "matmul_peak_flops_per_s": self.ceiling, **self.env}
-        row["config_hash"] = config_hash({"target": columns["target"], "smoke": self.args.smoke,
-                                          "device": self.args.device, "dtype": self.args.dtype,
-                                          "run": self.store.job_id})
-        self.results.append(row)
-        self.store.append(row)
+def run_measurement(settings: TargetSettings, name: str) -> dict[str, Any]:
+    """The worker's entry point: run measurement `name` at the settings' sizes."""
+    measurement = next(m for m in MEASUREMENTS if m.name == name)
+    function = getattr(sys.modules[__name__], f"measure_{measurement.function}")
+    if settings.fault_hook:
+        _load_hook(settings.fault_hook)(name)
+    return function(Bench(settings), **dict(measurement.arguments))
 
-    # -- target 1: the gather backend against its own kernels --------------------------------------------------
-    def dilated_gather(self) -> None:
-        sizes, n = self.sizes, self.sizes.dilated_n
-        attn = ai.build("dilated", "gather", **sizes.dilated)
-        q, k, v, grad_out = self.inputs(n)
-        kernel = branch_kernel(q)  # the one the backend calls for these inputs
-        scale = default_scale(sizes.head_dim, None)
-        gathered = [[piece.gather(x) for x in (q, k, v)] for piece in plan(attn.params, n, sizes.heads)]
 
-        def bare() -> None:
-            for branch in gathered:
-                kernel.forward(*branch, False, scale)
+def _gathered_branches(attn: Any, tensors: list[torch.Tensor], heads: int) -> list[list[torch.Tensor]]:
+    """The gather backend's own branches, laid out as its kernel receives them (the bound's input)."""
+    return [[piece.gather(x) for x in tensors] for piece in plan(attn.params, tensors[0].shape[1], heads)]
 
-        def forward() -> None:
+
+def measure_gather_forward(bench: Bench) -> dict[str, Any]:
+    n = bench.sizes.dilated_n
+    attn = bench.dilated()
+    q, k, v, _ = bench.inputs(n)
+    kernel, scale = branch_kernel(q), default_scale(bench.sizes.head_dim, None)
+    branches = _gathered_branches(attn, [q, k, v], bench.sizes.heads)
+    flops = bench.flops(attn, n, causal=False)
+
+    def bare() -> None:
+        for branch in branches:
+            kernel.forward(*branch, False, scale)
+
+    rounds = []
+    for _ in range(ROUNDS):
+        forward_s, bare_s = bench.seconds(lambda: attn(q, k, v)), bench.seconds(bare)
+        rounds.append(dict(forward_s=forward_s, bare_s=bare_s, flops_per_s=flops / forward_s,
+                           bare_flops_per_s=flops / bare_s, ceiling_flops_per_s=bench.ceiling()))
+    return {"rounds": rounds, "facts": {"seq_len": n}}
+
+
+def measure_gather_profile(bench: Bench) -> dict[str, Any]:
+    """The overhead seen from inside one call, which load drift cannot tilt: torch.profiler's self time of
+    everything that is not the attention kernel, over the whole call."""
+    n = bench.sizes.dilated_n
+    attn = bench.dilated()
+    q, k, v, _ = bench.inputs(n)
+    with torch.inference_mode():
+        attn(q, k, v)
+        with torch.profiler.profile() as profile:
             attn(q, k, v)
+    events = profile.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    in_kernel = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key
+                    or "flash_attention" in e.key or "efficient_attention" in e.key or e.key == "aten::bmm")
+    return {"rounds": [dict(outside_s=(total - in_kernel) / 1e6, total_s=total / 1e6)], "facts": {"seq_len": n}}
 
-        flops = ai.useful_flops(attn.params, 1, n, sizes.heads, sizes.head_dim, causal=False)
 
-        def one_round() -> tuple[float, ...]:
-            t_forward, t_bare = self.time(forward).median_s, self.time(bare).median_s
-            ceiling = self.ceiling_now()
-            return t_forward / t_bare, flops / t_forward / ceiling, t_forward, t_bare, ceiling, flops / t_bare / ceiling
+def measure_gather_memory(bench: Bench) -> dict[str, Any]:
+    n = bench.sizes.dilated_n
+    attn = bench.dilated()
+    q, k, v, _ = bench.inputs(n)
+    with torch.inference_mode():
+        attn(q, k, v)
+        peak, method = peak_memory_bytes(lambda: attn(q, k, v), bench.device)
+    output_bytes = q.numel() * q.element_size()
+    return {"rounds": [dict(peak_bytes=peak, output_bytes=output_bytes)],
+            "facts": {"seq_len": n, "mem_method": method, "peak_mem_bytes": peak}}
 
-        forward_rounds = self.rounds(one_round)
-        overhead, efficiency, t_forward, t_bare, ceiling, bare_efficiency = forward_rounds.medians
-        self.record("dilated_gather.overhead", "dilated gather: time / bare sum of branch kernels", overhead, 1.05,
-                    False, f"N={n}, forward {t_forward * 1e3:.1f} ms, bare kernels {t_bare * 1e3:.1f} ms "
-                    f"(medians of {ROUNDS} interleaved rounds)", rounds=forward_rounds.column(0), seq_len=n,
-                    latency_median_s=t_forward)
-        self.record("dilated_gather.efficiency", "dilated gather: useful FLOP/s / matmul ceiling", efficiency, 0.80,
-                    True, f"{flops / t_forward / 1e9:.1f} GFLOP/s useful, ceiling {ceiling / 1e9:.1f} GFLOP/s "
-                    f"re-measured each round; the bare branch kernels alone: {bare_efficiency:.3f} of the ceiling",
-                    rounds=forward_rounds.column(1), seq_len=n, flops_per_s=flops / t_forward)
-        # The same overhead seen from inside one call, which load drift cannot tilt: torch.profiler's self time
-        # of everything that is not the attention kernel, over the whole call.
-        with torch.inference_mode(), torch.profiler.profile() as profile:
-            forward()
-        events = profile.key_averages()
-        total = sum(e.self_cpu_time_total for e in events)
-        in_kernel = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key
-                        or "flash_attention" in e.key or "efficient_attention" in e.key or e.key == "aten::bmm")
-        self.record("dilated_gather.outside_kernel",
-                    "dilated gather: share of forward time outside the attention kernel (profiler)",
-                    1.0 - in_kernel / total, 0.05, False,
-                    f"{(total - in_kernel) / 1e3:.1f} of {total / 1e3:.1f} ms self CPU time outside the kernel",
-                    seq_len=n)
-        del gathered
+
+def measure_gather_forward_backward(bench: Bench) -> dict[str, Any]:
+    """forward+backward over forward, with the floor under that ratio: the same kernels' own forward+backward
+    over their forward, on the gathered branches, in the same round."""
+    n = bench.sizes.dilated_n
+    attn = bench.dilated()
+    q, k, v, grad_out = bench.inputs(n, requires_grad=True)
+    kernel, scale = branch_kernel(q), default_scale(bench.sizes.head_dim, None)
+    branches = _gathered_branches(attn, [x.detach() for x in (q, k, v, grad_out)], bench.sizes.heads)
+
+    def forward_backward() -> None:
+        torch.autograd.grad(attn(q, k, v), (q, k, v), grad_out)
+
+    def bare_kernels(backward: bool) -> Callable[[], None]:
+        def run() -> None:
+            for branch_q, branch_k, branch_v, branch_grad in branches:
+                out, lse = kernel.forward(branch_q, branch_k, branch_v, False, scale)
+                if backward:
+                    kernel.backward(branch_grad, branch_q, branch_k, branch_v, out, lse, False, scale)
+        return run
+
+    rounds = [dict(forward_backward_s=bench.seconds(forward_backward, grad=True),
+                   forward_s=bench.seconds(lambda: attn(q, k, v)),
+                   bare_forward_backward_s=bench.seconds(bare_kernels(backward=True)),
+                   bare_forward_s=bench.seconds(bare_kernels(backward=False))) for _ in range(ROUNDS)]
+    return {"rounds": rounds, "facts": {"seq_len": n}}
+
+
+def measure_paper_scaling(bench: Bench) -> dict[str, Any]:
+    """Time per token of the paper's configuration at 1M tokens against 32K.
+
+    This machine's speed drifts by 10-20 % within minutes, as long as one large call. Each large call is
+    bracketed by timings of the small size just before and after it and compared with their mean, which cancels
+    drift that is linear over the bracket; two brackets in a row. (Comparing with the faster of the two small
+    timings was biased high: 1.130 in a run where the bracket mean gave 1.066. Time per token in units of a
+    matmul ceiling measured around each run made the two small timings of one run disagree more, 0.918 against
+    0.950 raw: results/perf/NOTES.md.)"""
+    sizes = bench.sizes
+    attn = ai.build("dilated", "gather", **dict(sizes.paper))
+    small, large = sizes.scaling_small_n, sizes.scaling_large_n
+    inputs = {small: bench.inputs(small)[:3], large: bench.inputs(large)[:3]}
+
+    def per_token(n: int) -> float:
         with torch.inference_mode():
-            peak, method = peak_memory_bytes(forward, self.device)
-        output_bytes = q.numel() * q.element_size()
-        self.record("dilated_gather.memory", "dilated gather: peak memory above inputs / output size",
-                    peak / output_bytes, 3.0, False,
-                    f"{peak / 2**20:.0f} MiB above inputs, output {output_bytes / 2**20:.0f} MiB; {method}",
-                    seq_len=n, peak_mem_bytes=peak, mem_method=method)
+            if n == large:  # one call at 1M is minutes: the timer's calibration call, then one timed call
+                seconds = time_call(lambda: attn(*inputs[n]), min_run_time_s=0.0, min_repeats=1).median_s
+            else:
+                seconds = bench.seconds(lambda: attn(*inputs[n]))
+        print(f"  dilated paper config N={n}: {seconds:.2f} s, {seconds / n * 1e6:.2f} us/token", flush=True)
+        return seconds / n
 
-        q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+    small_times, large_times = [per_token(small)], []
+    for _ in range(2):
+        large_times.append(per_token(large))
+        small_times.append(per_token(small))
+    rounds = [dict(large_per_token_s=at_large, small_per_token_s=(before + after) / 2)
+              for at_large, before, after in zip(large_times, small_times, small_times[1:])]
+    return {"rounds": rounds, "facts": {
+        "seq_len": large, "large_n": large, "small_n": small,
+        "large_us": ", ".join(f"{t * 1e6:.2f}" for t in large_times) + " us/token",
+        "small_us": ", ".join(f"{t * 1e6:.2f}" for t in small_times)}}
 
-        def forward_backward() -> None:
-            torch.autograd.grad(attn(q, k, v), (q, k, v), grad_out)
 
-        # The floor under this ratio: the same kernels' own forward+backward over their forward, on the gathered
-        # branches, in the same round.
-        branches = [[piece.gather(x.detach()) for x in (q, k, v, grad_out)] for piece in
-                    plan(attn.params, n, sizes.heads)]
+def measure_window_against_dense(bench: Bench, causal: bool, grad: bool) -> dict[str, Any]:
+    """The issue's target is the causal window; the bidirectional one (left = right = window, the same bar)
+    shows the backend is as fast for encoders."""
+    sizes, n = bench.sizes, bench.sizes.window_n
+    window = ai.build("sliding_window", PRIORITY[("sliding_window", bench.device.type)][0], window=sizes.window)
+    dense = ai.build("dense", "sdpa")
+    q, k, v, grad_out = bench.inputs(n, requires_grad=grad)
 
-        def bare_kernels(backward: bool) -> Callable[[], None]:
-            def run() -> None:
-                for branch_q, branch_k, branch_v, branch_grad in branches:
-                    out, lse = kernel.forward(branch_q, branch_k, branch_v, False, scale)
-                    if backward:
-                        kernel.backward(branch_grad, branch_q, branch_k, branch_v, out, lse, False, scale)
-            return run
+    def rate(attn: Any) -> float:
+        if grad:
+            call = lambda: torch.autograd.grad(attn(q, k, v, causal=causal), (q, k, v), grad_out)  # noqa: E731
+        else:
+            call = lambda: attn(q, k, v, causal=causal)  # noqa: E731
+        return bench.flops(attn, n, causal, grad) / bench.seconds(call, grad=grad)
 
-        def both_round() -> tuple[float, ...]:
-            t_both = self.time(forward_backward, grad=True).median_s
-            t_forward = self.time(forward).median_s
-            t_bare_both = self.time(bare_kernels(backward=True)).median_s
-            t_bare = self.time(bare_kernels(backward=False)).median_s
-            return t_both / t_forward, t_both, t_forward, t_bare_both / t_bare
+    rounds = [dict(window_flops_per_s=rate(window), dense_flops_per_s=rate(dense)) for _ in range(ROUNDS)]
+    return {"rounds": rounds, "facts": {"seq_len": n, "window": sizes.window, "backend": window.backend}}
 
-        both_rounds = self.rounds(both_round)
-        ratio, t_both, t_forward, bare_ratio = both_rounds.medians
-        del branches
-        self.record("dilated_gather.forward_backward", "dilated gather: forward+backward / forward", ratio, 3.5, False,
-                    f"fwd+bwd {t_both * 1e3:.1f} ms, fwd {t_forward * 1e3:.1f} ms (medians of {ROUNDS} rounds); "
-                    f"the bare branch kernels' own fwd+bwd / fwd: {bare_ratio:.3f} (rounds "
-                    f"{min(both_rounds.column(3)):.3f}-{max(both_rounds.column(3)):.3f})",
-                    rounds=both_rounds.column(0), seq_len=n)
 
-    # -- target 2: linear scaling of the paper's configuration -------------------------------------------------
-    def dilated_scaling(self) -> None:
-        sizes = self.sizes
-        attn = ai.build("dilated", "gather", **sizes.paper)
-        small, large = sizes.scaling_small_n, sizes.scaling_large_n
-        # This machine's speed drifts by 10-20 % within minutes, as long as one large call. Each large call is
-        # bracketed by timings of the small size just before and after it and compared with their mean, which
-        # cancels drift that is linear over the bracket; two brackets in a row, their median reported with their
-        # range. (Comparing with the faster of the two small timings was biased high: 1.130 in a run where the
-        # bracket mean gave 1.066. Taking time per token in units of a matmul ceiling measured around each run
-        # made the two small timings of one run disagree more, 0.918 against 0.950 raw: results/perf/NOTES.md.)
-        small_inputs, large_inputs = self.inputs(small)[:3], self.inputs(large)[:3]
+def measure_auto_pick(bench: Bench, mechanism: str) -> dict[str, Any]:
+    """Every backend that takes a causal forward here, timed, against the one backend=None picks."""
+    sizes, n = bench.sizes, bench.sizes.pick_n
+    sized = {"sliding_window": {"window": sizes.window}, "dilated": dict(sizes.dilated)}
+    params = sized.get(mechanism, get_mechanism(mechanism).example_params)
+    q, k, v, _ = bench.inputs(n)
+    times = {}
+    for info in ai.backends(mechanism):
+        cls = ai.registry.REGISTRY[mechanism][info.name]
+        if info.name == "reference" or cls.not_supported_reasons(bench.device, bench.dtype, True, False):
+            continue
+        if bench.settings.smoke and cls.needs_compile:
+            continue  # compiling is seconds per shape: the smoke run only checks the targets run
+        attn = ai.build(mechanism, info.name, **params)
+        times[info.name] = bench.seconds(lambda: attn(q, k, v, causal=True))
+    picked = ai.build(mechanism, **params)
+    with torch.inference_mode():
+        picked(q, k, v, causal=True)
+    listing = ", ".join(f"{name} {t * 1e3:.1f} ms" for name, t in sorted(times.items(), key=lambda x: x[1]))
+    return {"rounds": [dict(picked_s=times[picked.backend], fastest_s=min(times.values()))],
+            "facts": {"seq_len": n, "picked": picked.backend, "listing": listing}}
 
-        def per_token(n: int, inputs: list[torch.Tensor]) -> float:
-            with torch.inference_mode():
-                if n == large:  # one call at 1M is minutes: the timer's calibration call, then one timed call
-                    timing = time_call(lambda: attn(*inputs), min_run_time_s=0.0, min_repeats=1)
-                else:
-                    timing = self.time(lambda: attn(*inputs))
-            print(f"  dilated paper config N={n}: {timing.median_s:.2f} s, "
-                  f"{timing.median_s / n * 1e6:.2f} us/token")
-            return timing.median_s / n
 
-        small_times, large_times = [per_token(small, small_inputs)], []
-        for _ in range(2):
-            large_times.append(per_token(large, large_inputs))
-            small_times.append(per_token(small, small_inputs))
-        ratios = [at_large / ((before + after) / 2)
-                  for at_large, before, after in zip(large_times, small_times, small_times[1:])]
-        self.record("dilated_scaling.per_token", f"dilated paper config: time per token at N={large} / at N={small}",
-                    statistics.median(ratios), 1.10, False,
-                    f"N={large}: {', '.join(f'{t * 1e6:.2f}' for t in large_times)} us/token, each between N={small} "
-                    f"at {', '.join(f'{t * 1e6:.2f}' for t in small_times)} us/token; ratio to each bracket's mean",
-                    rounds=ratios, seq_len=large)
+def measure_dilated_against_flash(bench: Bench) -> dict[str, Any]:
+    """The dilated backend a user gets (backend=None) against torch's flash kernel itself, not whichever SDPA
+    kernel torch would pick for these inputs."""
+    n = bench.sizes.flash_n
+    dilated, dense = bench.dilated(backend=None), ai.build("dense", "sdpa")
+    q, k, v, _ = bench.inputs(n)
 
-    # -- target 3: sliding window against dense SDPA ------------------------------------------------------------
-    def sliding_window(self) -> None:
-        # The issue's target is the causal window; the bidirectional one (left = right = window, the same bar, no
-        # target of the issue) shows the backend is as fast for encoders.
-        for causal in (True, False):
-            self._sliding_window(causal)
+    def dense_flash() -> torch.Tensor:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return dense(q, k, v)
 
-    def _sliding_window(self, causal: bool) -> None:
-        sizes, n = self.sizes, self.sizes.window_n
-        window = ai.build("sliding_window", PRIORITY[("sliding_window", self.device.type)][0], window=sizes.window)
-        dense = ai.build("dense", "sdpa")
-        for grad in (False, True):
-            q, k, v, grad_out = self.inputs(n, requires_grad=grad)
+    rounds = [dict(dilated_flops_per_s=bench.flops(dilated, n, False) / bench.seconds(lambda: dilated(q, k, v)),
+                   dense_flops_per_s=bench.flops(dense, n, False) / bench.seconds(dense_flash))
+              for _ in range(ROUNDS)]
+    return {"rounds": rounds, "facts": {"seq_len": n, "backend": dilated.backend}}
 
-            def run(attn):
-                if grad:
-                    return lambda: torch.autograd.grad(attn(q, k, v, causal=causal), (q, k, v), grad_out)
-                return lambda: attn(q, k, v, causal=causal)
 
-            def one_round() -> tuple[float, ...]:
-                rates = []
-                for attn in (window, dense):
-                    seconds = self.time(run(attn), grad=grad).median_s
-                    rates.append(ai.useful_flops(attn.params, 1, n, sizes.heads, sizes.head_dim, causal, grad)
-                                 / seconds)
-                return rates[0] / rates[1], rates[0], rates[1]
+# ---- in the runner: targets from measurements ---------------------------------------------------------------
 
-            window_rounds = self.rounds(one_round)
-            ratio, window_rate, dense_rate = window_rounds.medians
-            label = "forward+backward" if grad else "forward"
-            shape = "causal" if causal else f"[{sizes.window}, {sizes.window}] non-causal (not an issue target)"
-            key = f"sliding_window.{'causal' if causal else 'bidirectional'}.{label.replace('+', '_')}"
-            self.record(key, f"sliding window ({window.backend}) {shape} useful FLOP/s / dense SDPA's, {label}", ratio,
-                        0.60, True, f"window {sizes.window} N={n}: {window_rate / 1e9:.1f} vs "
-                                    f"{dense_rate / 1e9:.1f} GFLOP/s (medians of {ROUNDS} rounds)",
-                        issue_target=causal, rounds=window_rounds.column(0), seq_len=n)
+def _detail_values(medians: dict[str, float], facts: dict[str, Any], rounds: int) -> dict[str, Any]:
+    values: dict[str, Any] = {"rounds": rounds, **facts, **medians}
+    for name, value in medians.items():
+        if name.endswith("_s"):
+            values[f"{name}_ms"] = value * 1e3
+        if name.endswith("flops_per_s"):
+            values[f"{name}_gflops"] = value / 1e9
+        if name.endswith("_bytes"):
+            values[f"{name}_mib"] = value / 2**20
+    return values
 
-    # -- target 4: backend=None picks the fastest ----------------------------------------------------------------
-    def auto_pick(self) -> None:
-        sizes, n = self.sizes, self.sizes.pick_n
-        sized = {"sliding_window": {"window": sizes.window}, "dilated": sizes.dilated}
-        params = {m: sized.get(m, get_mechanism(m).example_params) for m in ai.MECHANISMS}
-        q, k, v, _ = self.inputs(n)
-        for mechanism in ai.MECHANISMS:
-            times = {}
-            for info in ai.backends(mechanism):
-                cls = ai.registry.REGISTRY[mechanism][info.name]
-                if info.name == "reference" or cls.not_supported_reasons(self.device, self.dtype, True, False):
-                    continue
-                if self.args.smoke and cls.needs_compile:
-                    continue  # compiling is seconds per shape: the smoke run only checks the script works
-                attn = ai.build(mechanism, info.name, **params[mechanism])
-                times[info.name] = self.time(lambda: attn(q, k, v, causal=True)).median_s
-            picked = ai.build(mechanism, **params[mechanism])
-            with torch.inference_mode():
-                picked(q, k, v, causal=True)
-            fastest = min(times, key=times.get)
-            listing = ", ".join(f"{name} {t * 1e3:.1f} ms" for name, t in sorted(times.items(), key=lambda x: x[1]))
-            self.record(f"auto_pick.{mechanism}", f"backend=None for {mechanism}: picked time / fastest time",
-                        times[picked.backend] / times[fastest], 1.0 + 0.1, False,
-                        f"picked {picked.backend}; causal forward N={n}: {listing}", seq_len=n)
 
-    # -- target 5 (GPU): the dilated backend a user gets against dense flash attention --------------------------
-    def dilated_vs_flash(self) -> None:
-        """On a GPU an issue target; elsewhere (the smoke run on CPU) a context measurement."""
-        sizes, n = self.sizes, self.sizes.flash_n
-        dilated = ai.build("dilated", **sizes.dilated)  # backend=None: the pick for this device and dtype
-        dense = ai.build("dense", "sdpa")
-        q, k, v, _ = self.inputs(n)
+class Recorder:
+    """Turns a measurement's rounds into one row per target: printed as measured / limit / verdict, stored."""
 
-        def dense_flash() -> torch.Tensor:
-            # torch's flash kernel itself, not whichever SDPA kernel torch would pick for these inputs
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                return dense(q, k, v)
+    def __init__(self, settings: TargetSettings, store: ResultsStore, ceiling: dict[str, Any]) -> None:
+        self.settings, self.store = settings, store
+        self.ceiling = ceiling.get("matmul_peak_flops_per_s", float("nan"))
+        self.env = fingerprint(settings.device)
+        self.device_type = torch.device(settings.device).type
+        self.rows: list[dict[str, Any]] = []
 
-        def one_round() -> tuple[float, ...]:
-            rates = []
-            for attn, call in ((dilated, lambda: dilated(q, k, v)), (dense, dense_flash)):
-                seconds = self.time(call).median_s
-                rates.append(ai.useful_flops(attn.params, 1, n, sizes.heads, sizes.head_dim, False) / seconds)
-            return rates[0] / rates[1], rates[0], rates[1]
+    def measured(self, target: Target, result: dict[str, Any]) -> None:
+        rounds, facts = result["rounds"], result["facts"]
+        ratios = target.ratios(rounds)
+        measured = statistics.median(ratios)
+        medians = {name: statistics.median(r[name] for r in rounds) for name in rounds[0]}
+        values = _detail_values(medians, facts, len(rounds))
+        label, detail = target.label.format(**values), target.detail.format(**values)
+        passed = target.meets(measured)
+        columns: dict[str, Any] = {}
+        spread = ""
+        if len(ratios) > 1:
+            columns.update(round_min=min(ratios), round_max=max(ratios), round_count=len(ratios),
+                           rounds_passed=sum(map(target.meets, ratios)))
+            spread = f"; rounds {min(ratios):.3f}-{max(ratios):.3f}, {columns['rounds_passed']} of {len(ratios)} meet it"
+        print(f"{'PASS' if passed else 'FAIL'}  {label}: measured {measured:.3f}, target {target.comparison} "
+              f"{target.limit}{spread}  ({detail})", flush=True)
+        facts = {name: value for name, value in facts.items() if name in ("seq_len", "mem_method", "peak_mem_bytes")}
+        self._keep(target, label, {"status": "ok", "measured": measured, "passed": passed, "detail": detail,
+                                   "numerator": target.numerator, "denominator": target.denominator,
+                                   "quantities": json.dumps(medians), **facts, **columns})
 
-        flash_rounds = self.rounds(one_round)
-        ratio, dilated_rate, dense_rate = flash_rounds.medians
-        self.record("dilated_vs_flash.flops", f"dilated ({dilated.backend}) useful FLOP/s / dense flash attention's, "
-                    f"N={n}", ratio, 0.70, True,
-                    f"forward, not causal: {dilated_rate / 1e9:.1f} vs {dense_rate / 1e9:.1f} GFLOP/s "
-                    f"(medians of {ROUNDS} rounds)", issue_target=self.device.type == "cuda",
-                    rounds=flash_rounds.column(0), seq_len=n)
+    def failed(self, target: Target, result: dict[str, Any]) -> None:
+        """A measurement that raised, ran out of memory or time: a row with its status and reason."""
+        print(f"{result['status'].upper()} {target.key}: {result['reason']}", flush=True)
+        self._keep(target, target.key, {"status": result["status"], "reason": result["reason"],
+                                        "measured": float("nan"), "passed": False})
+
+    def _keep(self, target: Target, label: str, columns: dict[str, Any]) -> None:
+        settings = self.settings
+        row = {"kind": "perf_target", "target_key": target.key, "target": label, "measurement": target.measurement,
+               "limit": target.limit, "comparison": target.comparison,
+               "issue_target": self.device_type in target.issue_on, **columns, "device": settings.device,
+               "dtype": settings.dtype, "smoke": settings.smoke, "matmul_peak_flops_per_s": self.ceiling, **self.env}
+        row["config_hash"] = config_hash({"target": target.key, "smoke": settings.smoke, "device": settings.device,
+                                          "dtype": settings.dtype, "run": self.store.job_id})
+        self.rows.append(row)
+        self.store.append(row)
 
 
 def run_targets(settings: TargetSettings, store: ResultsStore) -> tuple[list[dict[str, Any]], list[str]]:
-    """Measure the chosen targets into `store`: (their rows, the names of targets that raised). A target that
-    raises becomes a status=error row; the others still run."""
-    torch.set_num_threads(settings.threads)
-    targets = Targets(settings, SMOKE if settings.smoke else Sizes(), store)
+    """Measure the chosen targets into `store`: (their rows, the measurements that failed). Each measurement runs
+    in the worker; one that fails becomes status rows for its targets and the others still run."""
+    chosen = settings.chosen()
     failed = []
-    for name in settings.chosen():
-        try:
-            getattr(targets, name)()
-        except Exception as error:  # noqa: BLE001 - one broken target (a kernel's first run on a new device) must
-            failed.append(name)     # not lose the rest
-            targets.record_error(name, error)
-    return targets.results, failed
+    with Worker(settings.isolation) as worker:
+        ceiling = worker.run("matmul_ceiling", dict(device=settings.device, dtype=settings.dtype,
+                                                    size=settings.sizes().ceiling_size,
+                                                    min_run_time_s=1.0 if not settings.smoke else 0.05,
+                                                    threads=settings.threads), timeout_s=settings.timeout_s)
+        if "matmul_peak_flops_per_s" in ceiling:
+            print(f"matmul ceiling: {ceiling['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s "
+                  f"({ceiling['matmul_method']})", flush=True)
+        recorder = Recorder(settings, store, ceiling)
+        for measurement in [m for m in MEASUREMENTS if m.group in chosen]:
+            result = worker.run("run_measurement", dict(settings=settings, name=measurement.name),
+                                timeout_s=settings.timeout_s)
+            if "status" in result:
+                failed.append(measurement.name)
+            for target in [t for t in TARGETS if t.measurement == measurement.name]:
+                (recorder.failed if "status" in result else recorder.measured)(target, result)
+    return recorder.rows, failed
 
 
 def summary(rows: list[dict[str, Any]]) -> str:
@@ -408,12 +503,13 @@ def run_targets_job(cfg, store: ResultsStore | None = None, logger: Any = None, 
     import pandas as pd
 
     from ..config import ConfigError
+    from .plan import check_hook
 
     section = cfg.targets
     only = tuple(section.only)
-    unknown = [name for name in only if name not in ALL_TARGETS]
+    unknown = [name for name in only if name not in GROUPS]
     if unknown:
-        raise ConfigError(f"targets.only={list(only)}: {unknown} not known; choose from: {', '.join(ALL_TARGETS)}")
+        raise ConfigError(f"targets.only={list(only)}: {unknown} not known; choose from: {', '.join(GROUPS)}")
     if section.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"targets.dtype={section.dtype!r} must be one of: float32, bfloat16, float16")
     device = str(section.device)
@@ -423,10 +519,15 @@ def run_targets_job(cfg, store: ResultsStore | None = None, logger: Any = None, 
         raise ConfigError(f"targets.device={device}: this machine has no CUDA device")
     if isinstance(section.threads, bool) or int(section.threads) < 1:
         raise ConfigError(f"targets.threads={section.threads!r} must be an int >= 1")
+    if isinstance(section.timeout_s, bool) or not 0 < float(section.timeout_s) < float("inf"):
+        raise ConfigError(f"targets.timeout_s={section.timeout_s!r} must be a finite number of seconds > 0")
+    if section.fault_hook:
+        check_hook("targets.fault_hook", section.fault_hook)
     if check_only:
         return None
     settings = TargetSettings(device=device, dtype=section.dtype, threads=int(section.threads),
-                              smoke=bool(section.smoke), skip_1m=bool(section.skip_1m), only=only)
+                              smoke=bool(section.smoke), skip_1m=bool(section.skip_1m), only=only,
+                              timeout_s=float(section.timeout_s), fault_hook=section.fault_hook)
     rows, failed = run_targets(settings, store)
-    print(summary(rows) + (f"; targets that raised (status=error rows): {', '.join(failed)}" if failed else ""))
+    print(summary(rows) + (f"; measurements that failed (status rows): {', '.join(failed)}" if failed else ""))
     return pd.DataFrame(rows)

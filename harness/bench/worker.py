@@ -11,13 +11,20 @@ resets the RSS high-water mark before each measured call (measure.peak_memory_by
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 import signal
 import warnings
 from typing import Any
 
-_FUNCTIONS = ("measure_point", "time_point", "matmul_ceiling")
+# What a worker can run, and the module that holds it (imported in the worker once, at start).
+_FUNCTIONS = {"measure_point": "measure", "time_point": "measure", "matmul_ceiling": "measure",
+              "run_measurement": "targets"}
+
+
+def _function(name: str):
+    return getattr(importlib.import_module(f"{__package__}.{_FUNCTIONS[name]}"), name)
 
 
 def _serve(connection, memory_limit_bytes: int | None) -> None:
@@ -28,6 +35,8 @@ def _serve(connection, memory_limit_bytes: int | None) -> None:
     from . import measure
 
     attention_impls.backends()  # import every backend now, not inside the first point's time budget
+    for module in set(_FUNCTIONS.values()):
+        importlib.import_module(f"{__package__}.{module}")
     if memory_limit_bytes is not None:
         import resource
 
@@ -46,7 +55,7 @@ def _serve(connection, memory_limit_bytes: int | None) -> None:
             return
         name, kwargs = request
         try:
-            connection.send(("ok", getattr(measure, name)(**kwargs)))
+            connection.send(("ok", _function(name)(**kwargs)))
         except Exception as error:  # noqa: BLE001 - reported to the parent as a status row, with its reason
             connection.send(("failed", measure.classify_exception(error)))
 
@@ -86,12 +95,12 @@ class Worker:
 
     def run(self, name: str, kwargs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         if name not in _FUNCTIONS:
-            raise ValueError(f"unknown worker function {name!r}; choose one of {_FUNCTIONS}")
+            raise ValueError(f"unknown worker function {name!r}; choose one of {tuple(_FUNCTIONS)}")
         if self.isolation == "inline":
             from . import measure
 
             try:
-                return getattr(measure, name)(**kwargs)
+                return _function(name)(**kwargs)
             except Exception as error:  # noqa: BLE001 - same contract as the process worker
                 status, reason = measure.classify_exception(error)
                 return {"status": status, "reason": reason}

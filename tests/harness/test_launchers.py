@@ -76,7 +76,7 @@ from harness.store import ResultsStore
 store = ResultsStore(sys.argv[1], "busy", job_id="writer")
 print("writing", flush=True)
 for i in range(100000):
-    store.append({"kind": "speed", "status": "ok", "config_hash": str(i), "padding": "x" * 5000})
+    store.append({"kind": "speed", "status": "ok", "config_hash": str(i), "reason": "x" * 5000})
 """
 
 

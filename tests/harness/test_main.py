@@ -67,7 +67,7 @@ store = ResultsStore(sys.argv[1], "killed", job_id="writer")
 i = 0
 while True:
     store.append({"kind": "speed", "status": "ok", "config_hash": str(i), "latency_times_s": list(range(200)),
-                  "padding": "x" * 20000})
+                  "reason": "x" * 20000})
     store.consolidate()
     i += 1
     if i == 3:

@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 import attention_impls as ai
+from harness.bench import targets
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "perf_targets.py"
 
@@ -31,21 +32,23 @@ def test_smoke_run_measures_every_target_and_stores_rows(tmp_path, capsys):
     assert "of 3 meet it" in printed
 
 
-def test_a_target_that_raises_becomes_an_error_row_and_the_others_still_run(tmp_path, capsys, monkeypatch):
+def test_a_measurement_that_raises_becomes_an_error_row_and_the_others_still_run(tmp_path, capsys, monkeypatch):
     spec = importlib.util.spec_from_file_location("perf_targets", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules["perf_targets"] = module
     spec.loader.exec_module(module)
 
-    def broken(self):
+    def broken(bench):
         raise RuntimeError("kernel not built for this device")
 
-    monkeypatch.setattr(module.Targets, "dilated_scaling", broken)
-    argv = ["--smoke", "--results-dir", str(tmp_path), "--only", "dilated_scaling", "--only", "auto_pick"]
+    monkeypatch.setattr(targets, "measure_paper_scaling", broken)  # inline: the patch reaches the measurement
+    argv = ["--smoke", "--inline", "--results-dir", str(tmp_path), "--only", "dilated_scaling", "--only", "auto_pick"]
     assert module.main(argv) == 1
     rows = pd.read_parquet(tmp_path / "perf_targets" / "results.parquet")
     error = rows[rows["status"] == "error"]
-    assert error["target"].tolist() == error["target_key"].tolist() == ["dilated_scaling"]
-    assert error["reason"].iloc[0] == "RuntimeError: kernel not built for this device"
+    assert error["target"].tolist() == error["target_key"].tolist() == ["dilated_scaling.per_token"]
+    assert error["reason"].iloc[0].startswith("RuntimeError: kernel not built for this device")
     assert (rows["status"] == "ok").sum() == len(ai.MECHANISMS)  # the backend=None targets after it, one per mechanism
-    assert "targets that raised (status=error rows): dilated_scaling" in capsys.readouterr().out
+    assert "measurements that failed (status rows): dilated_scaling" in capsys.readouterr().out
+
+

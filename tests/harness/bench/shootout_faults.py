@@ -62,3 +62,9 @@ def allocate_64_mib(point, attn):
         out = call()
         return out + 0 * scratch[0]
     return _Faulty(attn, fault)
+
+
+def hang_in_paper_scaling(measurement: str) -> None:
+    """targets.fault_hook: the 1M-token scaling measurement never returns (a kernel that hangs)."""
+    if measurement == "dilated_scaling":
+        time.sleep(3600)
