@@ -7,11 +7,13 @@ backward passes it supports, `unavailable_reason()` says why it cannot run in th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
 
+from .call import FALLBACKS, FEATURE_WORDS, Call, make_call
+from .kernels import default_scale
 from .mechanisms import MECHANISMS, check_mechanism, get_mechanism
 from .mechanisms.base import suggest
 from .params import AttentionParams, make_params
@@ -53,6 +55,9 @@ class AttentionBackend:
     supports_causal: ClassVar[bool] = True
     backward_devices: ClassVar[frozenset[str]] = frozenset({"cpu", "cuda"})
     needs_compile: ClassVar[bool] = False
+    # Features of a call (attention_impls.call.FEATURES) this backend implements in `forward_call`. Per-call scale
+    # and grouped heads work with every backend (Attention rescales q, or repeats k and v, for those without).
+    supports: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: AttentionParams) -> None:
         self.params = params
@@ -65,10 +70,13 @@ class AttentionBackend:
     @classmethod
     def not_supported_reasons(
         cls, device: torch.device | str, dtype: torch.dtype, causal: bool, requires_grad: bool,
-        head_dim: int | None = None,
+        head_dim: int | None = None, features: frozenset[str] = frozenset(),
     ) -> list[str]:
-        """Why this backend cannot run such inputs, in words ([] = it can); `head_dim` None: any head_dim."""
+        """Why this backend cannot run such inputs, in words ([] = it can); `head_dim` None: any head_dim;
+        `features`: what the call uses beyond plain self-attention (attention_impls.call.FEATURES)."""
         reasons = []
+        for feature in sorted(features - cls.supports - FALLBACKS):
+            reasons.append(f"{FEATURE_WORDS[feature]} is not supported")
         if (missing := cls.unavailable_reason()) is not None:
             reasons.append(missing)
         device_type = torch.device(device).type
@@ -85,6 +93,10 @@ class AttentionBackend:
         return reasons
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_call(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: Call) -> torch.Tensor:
+        """A call using some of `supports` (q is (B, L, H, D), k and v (B, M, H_kv, D))."""
         raise NotImplementedError
 
     def executed_pairs(self, seq_len: int, num_heads: int, causal: bool, device: str = "cpu",
@@ -164,11 +176,6 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
             raise ValueError(f"{name} must be 4-D (batch, seq, heads, head_dim), got shape {tuple(tensor.shape)}")
         if not tensor.is_floating_point():
             raise TypeError(f"{name} must be floating point, got dtype={_dtype_name(tensor.dtype)}")
-    if not (q.shape == k.shape == v.shape):
-        raise ValueError(
-            "q, k and v must have the same shape (batch, seq, heads, head_dim) for self-attention, got "
-            f"q={tuple(q.shape)}, k={tuple(k.shape)}, v={tuple(v.shape)}"
-        )
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v dtypes differ: {_dtype_name(q.dtype)}, {_dtype_name(k.dtype)}, "
                         f"{_dtype_name(v.dtype)}")
@@ -176,6 +183,8 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"q, k, v are on different devices: {q.device}, {k.device}, {v.device}")
     if q.shape[1] < 1:
         raise ValueError(f"seq_len={q.shape[1]} must be >= 1")
+    if q.shape[2] < 1:
+        raise ValueError(f"heads={q.shape[2]} must be >= 1")
     if q.shape[3] < 1:
         raise ValueError(f"head_dim={q.shape[3]} must be >= 1")
 
@@ -212,23 +221,26 @@ class Attention(torch.nn.Module):
         return self._impls[name]
 
     def resolve(self, device: torch.device, dtype: torch.dtype, causal: bool, requires_grad: bool,
-                head_dim: int | None = None, seq_len: int | None = None) -> str:
+                head_dim: int | None = None, seq_len: int | None = None,
+                features: frozenset[str] = frozenset()) -> str:
         """The backend name to run for these inputs; raises with every candidate's reasons when none fits.
 
         seq_len: the sequence length, where known; a short one puts the mechanism's small_n_priority first."""
         if self.requested_backend is not None:
             cls = get_backend_class(self.mechanism, self.requested_backend)
-            reasons = cls.not_supported_reasons(device, dtype, causal, requires_grad, head_dim)
+            reasons = cls.not_supported_reasons(device, dtype, causal, requires_grad, head_dim, features)
             if reasons:
                 raise RuntimeError(
                     f"{self.mechanism} backend {self.requested_backend!r} cannot run these inputs: "
                     f"{'; '.join(reasons)}. Backends that can: "
-                    f"{_fitting_names(self.mechanism, device, dtype, causal, requires_grad, head_dim) or 'none'}"
+                    f"{_fitting_names(self.mechanism, device, dtype, causal, requires_grad, head_dim, features) or 'none'}"
                 )
             return self.requested_backend
         up_to, short_first = get_mechanism(self.mechanism).small_n_priority.get(device.type, (0, ()))
         short = seq_len is not None and seq_len <= up_to
         key = (str(device), _dtype_name(dtype), requires_grad, head_dim, short)
+        if features - FALLBACKS:  # a call with padding, positions, ... may need another backend
+            key = (*key, tuple(sorted(features - FALLBACKS)))
         if key in self.picked:
             return self.picked[key]
         order = priority(self.mechanism, device.type)
@@ -237,33 +249,90 @@ class Attention(torch.nn.Module):
         report = []
         for name in order:
             reasons = get_backend_class(self.mechanism, name).not_supported_reasons(device, dtype, causal,
-                                                                                   requires_grad, head_dim)
+                                                                                   requires_grad, head_dim, features)
             if not reasons:
                 self.picked[key] = name
                 return name
             report.append(f"  {name}: {'; '.join(reasons)}")
+        uses = f", using {', '.join(FEATURE_WORDS[f] for f in sorted(features))}" if features else ""
         raise RuntimeError(f"no {self.mechanism} backend supports device={device}, dtype={_dtype_name(dtype)}, "
-                           f"causal={causal}, backward={requires_grad}:\n" + "\n".join(report))
+                           f"causal={causal}, backward={requires_grad}{uses}:\n" + "\n".join(report))
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                scale: float | None = None, query_offset: int | None = None,
+                position_offsets: torch.Tensor | None = None, key_padding_mask: torch.Tensor | None = None,
+                key_lengths: torch.Tensor | None = None, dropout_p: float = 0.0,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """q (B, L, H, D), k and v (B, M, H_kv, D) -> (B, L, H, D); ../shared/spec/attention.md defines every
+        argument ("Positions, padding, grouped heads, scale, dropout"; attention_impls.call checks them).
+
+        query_offset: the position of the first query (KV-cache decoding: M - 1); position_offsets (B,): where each
+        sequence's real tokens start (left padding); key_padding_mask (B, M) bool, True = padding, or key_lengths
+        (B,): keys at or past it are padding; scale replaces 1/sqrt(D); dropout_p drops attention weights (pass 0
+        in eval); attn_mask (broadcasting to (B, H, L, M); bool True = may be seen, or float added to the scores)
+        applies on top of the pattern. backend=None picks a backend that implements what the call uses."""
         check_inputs(q, k, v)
-        seq_len, num_heads = q.shape[1], q.shape[2]
-        if (seq_len, num_heads) not in self._coverage_checked:
-            get_mechanism(self.mechanism).check_shape(self.params, seq_len, num_heads)
-            self._coverage_checked.add((seq_len, num_heads))
+        call = make_call(q, k, v, causal=causal, scale=scale, query_offset=query_offset,
+                         position_offsets=position_offsets, key_padding_mask=key_padding_mask,
+                         key_lengths=key_lengths, dropout_p=dropout_p, attn_mask=attn_mask)
+        key_len, num_heads = k.shape[1], q.shape[2]
+        if "cross" in call.features and self.mechanism != "dense":
+            raise ValueError(f"{self.mechanism} attention of {q.shape[1]} queries against {key_len} keys needs "
+                             f"query_offset= (the position of the first query, {key_len - q.shape[1]} for the last "
+                             f"{q.shape[1]}): the spec defines attention between unrelated sequences for dense only")
+        if (key_len, num_heads) not in self._coverage_checked:
+            get_mechanism(self.mechanism).check_shape(self.params, key_len, num_heads)
+            self._coverage_checked.add((key_len, num_heads))
+        if "query_block" in call.features:
+            k, v, call = _keys_in_reach(get_mechanism(self.mechanism), self.params, k, v, call)
         requires_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-        name = self.resolve(q.device, q.dtype, causal, requires_grad, head_dim=q.shape[-1], seq_len=q.shape[1])
+        features = call.features
+        name = self.resolve(q.device, q.dtype, causal, requires_grad, head_dim=q.shape[-1], seq_len=key_len,
+                            features=features)
         self.backend = name
-        return self._impl(name).forward(q, k, v, causal)
+        impl = self._impl(name)
+        if "scale" in features and "scale" not in impl.supports:
+            # q.k * s = (q * s / s0).k * s0: the backend's own scale s0 then gives the call's s
+            q = q * (call.scale / default_scale(q.shape[-1], self.params.scale))
+            call = replace(call, scale=None)
+        if "grouped_heads" in features and "grouped_heads" not in impl.supports:
+            group = num_heads // call.kv_heads  # query head h uses key/value head h // group (torch, HF)
+            k, v = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
+            call = replace(call, kv_heads=num_heads)
+        if not call.features:
+            return impl.forward(q, k, v, causal)
+        return impl.forward_call(q, k, v, call)
+
+
+def _keys_in_reach(mechanism, params, k: torch.Tensor, v: torch.Tensor, call: Call):
+    """A query block reads only the keys its pattern lets it see: a decoding step with a window of W reads W + 1
+    keys of its cache, not all of them (Mechanism.key_range; the rules still clip to the whole cache's length)."""
+    starts = call.position_offsets.tolist() if call.position_offsets is not None else [0]
+    first, last = call.query_offset, call.query_offset + call.query_len - 1
+    ranges = [mechanism.key_range(params, first - start, last - start, call.key_length, call.causal)
+              for start in starts]
+    if any(bounds is None for bounds in ranges):
+        return k, v, call
+    low = max(0, min(bounds[0] + start for bounds, start in zip(ranges, starts)))
+    high = min(call.key_len, max(bounds[1] + start for bounds, start in zip(ranges, starts)))
+    if low == 0 and high == call.key_len or high <= low:
+        return k, v, call
+    padding = call.key_padding_mask[:, low:high] if call.key_padding_mask is not None else None
+    mask = call.attn_mask
+    if mask is not None and mask.shape[-1] == call.key_len:
+        mask = mask[..., low:high]
+    call = replace(call, key_len=high - low, key_start=call.key_start + low, clip_length=call.key_length,
+                   key_padding_mask=padding, attn_mask=mask)
+    return k[:, low:high], v[:, low:high], call
 
 
 def _available_names(mechanism: str) -> list[str]:
     return [name for name, cls in REGISTRY[mechanism].items() if cls.unavailable_reason() is None]
 
 
-def _fitting_names(mechanism, device, dtype, causal, requires_grad, head_dim=None) -> list[str]:
+def _fitting_names(mechanism, device, dtype, causal, requires_grad, head_dim=None, features=frozenset()) -> list[str]:
     return [name for name, cls in REGISTRY[mechanism].items()
-            if not cls.not_supported_reasons(device, dtype, causal, requires_grad, head_dim)]
+            if not cls.not_supported_reasons(device, dtype, causal, requires_grad, head_dim, features)]
 
 
 def build(mechanism: str, backend: str | None = None, **params: Any) -> Attention:

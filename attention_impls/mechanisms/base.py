@@ -68,7 +68,7 @@ def compact(value: Any) -> str:
 # ---- float64 reference helpers (the spec's "materialise scores, mask, softmax") -------------------------------
 
 def reference_scores(q: torch.Tensor, k: torch.Tensor, scale: float | None) -> torch.Tensor:
-    """(B, H, N, N) float64 scores q.k * scale (1/sqrt(head_dim) by default)."""
+    """(B, H, L, M) float64 scores q.k * scale (1/sqrt(head_dim) by default)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     return torch.einsum("bphd,bjhd->bhpj", q.double(), k.double()) * scale
 
@@ -128,17 +128,86 @@ class Mechanism:
         scored c times counts c times): the spec's FLOP model, never an N x N mask."""
         raise NotImplementedError
 
-    def reference_multiplicity(self, params, seq_len: int, num_heads: int, causal: bool,
-                               device: torch.device | str | None = None) -> torch.Tensor:
-        """required: (H, N, N) int64 multiplicity straight from the spec's words, written apart from
-        `multiplicity` so that each checks the other."""
+    def reference_visible(self, params, query_positions: torch.Tensor, key_positions: torch.Tensor,
+                          num_heads: int, causal: bool, key_length: int) -> torch.Tensor:
+        """required: (H, L, M) int64 count of how many times the query at each position scores the key at each
+        position, straight from the spec's words and written apart from `multiplicity`, so that each checks the
+        other. Positions may be any ints (a query block, a left-padded sequence's negative positions); lengths
+        the spec clips to N are clipped to `key_length`."""
         raise NotImplementedError
 
+    def reference_multiplicity(self, params, seq_len: int, num_heads: int, causal: bool,
+                               device: torch.device | str | None = None) -> torch.Tensor:
+        """(H, N, N) int64 multiplicity of the plain call: positions 0..N-1 for queries and keys."""
+        positions = torch.arange(seq_len, device=device)
+        return self.reference_visible(params, positions, positions, num_heads, causal, seq_len)
+
     def reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params, causal: bool) -> torch.Tensor:
-        """The float64 oracle: one softmax over the multiset of seen keys (a key seen c times adds log c)."""
-        count = self.reference_multiplicity(params, q.shape[1], q.shape[2], causal, q.device).double()
-        scores = reference_scores(q, k, params.scale) + torch.log(count)[None]  # log 0 = -inf: never seen
-        return reference_attend(scores, v).to(q.dtype)
+        """The float64 oracle of the plain call (positions 0..N-1, nothing padded)."""
+        from ..call import make_call
+
+        return self.reference_call(q, k, v, params, make_call(q, k, v, causal=causal))
+
+    def reference_count(self, q: torch.Tensor, k: torch.Tensor, params, call) -> torch.Tensor:
+        """(B or 1, H, L, M) int64: how many times each query scores each key in this call (positions, padding
+        and a boolean attn_mask applied)."""
+        query_len, num_heads, key_len = q.shape[1], q.shape[2], k.shape[1]
+        if call.query_offset is None:
+            if self.name != "dense":
+                raise ValueError(f"{self.name} attention of {query_len} queries against {key_len} keys needs "
+                                 f"query_offset= (the position of the first query): the spec defines attention "
+                                 f"between unrelated sequences for dense only")
+            count = torch.ones(1, num_heads, query_len, key_len, dtype=torch.int64, device=q.device)
+        else:
+            query_positions, key_positions = call.positions(q.device)
+            count = torch.stack([self.reference_visible(params, query_row, key_row, num_heads, call.causal,
+                                                        call.key_length)
+                                 for query_row, key_row in zip(query_positions, key_positions)])
+        seen = call.key_seen(q.device)
+        if seen is not None:
+            count = count * seen[:, None, None, :]
+        if call.attn_mask is not None and call.attn_mask.dtype == torch.bool:
+            count = count * call.attn_mask
+        return count
+
+    def reference_weights(self, q: torch.Tensor, k: torch.Tensor, params, call) -> torch.Tensor:
+        """(B, H, L, M) float64 attention weights of a call, before dropout: one softmax over the multiset of keys
+        each query sees (a key seen c times adds log c); a query that sees nothing has weights 0."""
+        count = self.reference_count(q, k, params, call)
+        visible = count > 0
+        k = k.repeat_interleave(q.shape[2] // k.shape[2], dim=2)  # grouped heads: h uses h // (H / H_kv)
+        scale = call.scale if call.scale is not None else params.scale
+        scores = reference_scores(q, k, scale)
+        if call.attn_mask is not None and call.attn_mask.dtype != torch.bool:
+            scores = scores + call.attn_mask.double()
+        logits = torch.where(visible, scores + torch.log(count.clamp(min=1).double()), float("-inf"))
+        sees_any = visible.any(-1, keepdim=True)
+        weights = torch.softmax(torch.where(sees_any, logits, 0.0), dim=-1) * sees_any
+        return torch.where(visible, weights, 0.0)
+
+    def reference_call(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params, call,
+                       dropout_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """The float64 oracle of any call (attention_impls.call.Call): the weights above, dropout as
+        `dropout_keep` (B, H, L, M) bool with 1 / (1 - p), then the values. Visible pairs are selected before
+        anything multiplies, so a non-finite key or value reaches exactly the queries that see it."""
+        weights = self.reference_weights(q, k, params, call)
+        visible = self.reference_count(q, k, params, call) > 0
+        if dropout_keep is not None:
+            weights = weights * dropout_keep / (1.0 - call.dropout_p)
+        values = v.repeat_interleave(q.shape[2] // v.shape[2], dim=2).double()
+        finite = torch.isfinite(values)
+        out = torch.einsum("bhpj,bjhd->bphd", weights, torch.where(finite, values, 0.0))
+        for b, j, h in (~finite).any(-1).nonzero().tolist():  # a non-finite value: added where it is seen only
+            seen_by = visible[b if visible.shape[0] > 1 else 0, h, :, j]
+            out[b, seen_by, h] = out[b, seen_by, h] + weights[b, h, seen_by, j, None] * values[b, j, h]
+        return out.to(q.dtype)
+
+    def key_range(self, params, first_query: int, last_query: int, key_length: int,
+                  causal: bool) -> tuple[int, int] | None:
+        """[lo, hi): the key positions any query at positions first_query..last_query can see, where the pattern
+        bounds them (a window, a segment), or None. A decoding step then reads these keys only, so its cost follows
+        the keys the pattern lets it see, not the cache's length."""
+        return None
 
     def reach(self, params, seq_len: int, depth: int, causal: bool, token_shift: bool) -> int | None:
         """The longest distance p - j over which a token can influence a later position through `depth` layers,

@@ -44,11 +44,10 @@ class Dense(Mechanism):
     def pairs(self, params: DenseParams, seq_len: int, num_heads: int, causal: bool) -> int:
         return num_heads * dense_pairs(seq_len, causal)
 
-    def reference_multiplicity(self, params, seq_len, num_heads, causal, device=None) -> torch.Tensor:
-        seen = torch.ones(seq_len, seq_len, dtype=torch.int64, device=device)
-        if causal:
-            seen = torch.tril(seen)
-        return seen.expand(num_heads, seq_len, seq_len)
+    def reference_visible(self, params, query_positions, key_positions, num_heads, causal, key_length):
+        query, key = query_positions[:, None], key_positions[None, :]
+        seen = (key <= query) if causal else torch.ones_like(query - key, dtype=torch.bool)
+        return seen.long().expand(num_heads, -1, -1)
 
     def reach(self, params, seq_len, depth, causal, token_shift) -> int:
         return seq_len - 1

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .base import IndexFn, Mechanism, causal_mask, check_int, check_scale, compact, suggest
+from .base import IndexFn, Mechanism, check_int, check_scale, compact, suggest
 from .dense import _triangle
 
 HEAD_OFFSETS = ("cyclic", "blocked")
@@ -140,11 +140,18 @@ def dilated_pairs(seq_len: int, num_heads: int, params: DilatedParams, causal: b
 def reference_dilated_multiplicity(n: int, num_heads: int, params: DilatedParams, causal: bool,
                                    device=None) -> torch.Tensor:
     """(H, N, N) count of branches in which query p sees key j, straight from the spec's definition."""
-    p = torch.arange(n, device=device)
-    query, key = p[:, None], p[None, :]
-    count = torch.zeros(num_heads, n, n, dtype=torch.int64, device=device)
+    positions = torch.arange(n, device=device)
+    return reference_dilated_visible(params, positions, positions, num_heads, causal, n)
+
+
+def reference_dilated_visible(params: DilatedParams, query_positions: torch.Tensor, key_positions: torch.Tensor,
+                              num_heads: int, causal: bool, key_length: int) -> torch.Tensor:
+    """(H, L, M) count of branches in which the query at each position sees the key at each position."""
+    query, key = query_positions[:, None], key_positions[None, :]
+    count = torch.zeros(num_heads, len(query_positions), len(key_positions), dtype=torch.int64,
+                        device=query_positions.device)
     for segment, rate in zip(params.segment_lengths, params.dilation_rates):
-        segment = min(segment, n)
+        segment = min(segment, key_length)
         for head in range(num_heads):
             # spec, "Head offsets": cyclic o = h mod r; blocked o = h // ceil(H / r)
             offset = head % rate if params.head_offsets == "cyclic" else head // math.ceil(num_heads / rate)
@@ -153,7 +160,7 @@ def reference_dilated_multiplicity(n: int, num_heads: int, params: DilatedParams
             same_segment = query // segment == key // segment
             count[head] += (q_part & k_part & same_segment).long()
     if causal:
-        count = count * causal_mask(n, device)
+        count = count * (key <= query)
     return count
 
 
@@ -204,8 +211,15 @@ class Dilated(Mechanism):
     def pairs(self, params: DilatedParams, seq_len, num_heads, causal) -> int:
         return dilated_pairs(seq_len, num_heads, params, causal)
 
-    def reference_multiplicity(self, params, seq_len, num_heads, causal, device=None) -> torch.Tensor:
-        return reference_dilated_multiplicity(seq_len, num_heads, params, causal, device)
+    def reference_visible(self, params, query_positions, key_positions, num_heads, causal, key_length):
+        return reference_dilated_visible(params, query_positions, key_positions, num_heads, causal, key_length)
+
+    def key_range(self, params, first_query, last_query, key_length, causal):
+        # a query sees keys of its own segment only, in every branch (segments clip to the key length)
+        segments = [min(segment, key_length) for segment in params.segment_lengths]
+        low = min(first_query // segment * segment for segment in segments)
+        high = max((last_query // segment + 1) * segment for segment in segments)
+        return low, min(high, last_query + 1) if causal else high
 
     def picture_size(self, params: DilatedParams, num_heads):
         # cyclic: heads h and h + lcm(r) see the same keys; blocked: every head may differ

@@ -76,7 +76,8 @@ class Longformer(Mechanism):
 
         def multiplicity(query, key, head):
             offset = key - query
-            seen = ((offset >= -left) & (offset <= right)) | (key < g) | (query < g)
+            # positions before 0 (a left-padded sequence's padding) are never global
+            seen = ((offset >= -left) & (offset <= right)) | ((key >= 0) & (key < g)) | ((query >= 0) & (query < g))
             if causal:
                 seen = seen & (key <= query)
             return (seen & (head >= 0)).to(torch.int32)
@@ -87,21 +88,19 @@ class Longformer(Mechanism):
         left, right = params.window(causal)
         return num_heads * longformer_pairs(seq_len, left, right, params.global_tokens, causal)
 
-    def reference_multiplicity(self, params, seq_len, num_heads, causal, device=None) -> torch.Tensor:
-        # docs/mechanisms/longformer.md, row by row: a global query sees everything; any other query sees its
-        # window and the global keys; causal keeps j <= p.
+    def reference_visible(self, params, query_positions, key_positions, num_heads, causal, key_length):
+        # docs/mechanisms/longformer.md, row by row: a global query (position < G) sees every key; any other query
+        # sees its window and the global keys; causal keeps j <= p.
         left, right = params.window(causal)
-        g = min(params.global_tokens, seq_len)
-        seen = torch.zeros(seq_len, seq_len, dtype=torch.int64, device=device)
-        for p in range(seq_len):
-            if p < g:
-                seen[p, :] = 1
-            else:
-                seen[p, max(0, p - left): min(seq_len, p + right + 1)] = 1
-                seen[p, :g] = 1
-            if causal:
-                seen[p, p + 1:] = 0
-        return seen.expand(num_heads, seq_len, seq_len)
+        g = min(params.global_tokens, key_length)
+        query, key = query_positions[:, None], key_positions[None, :]
+        global_query = (query >= 0) & (query < g)
+        global_key = (key >= 0) & (key < g)
+        in_window = (key >= query - left) & (key <= query + right)
+        seen = global_query | in_window | global_key
+        if causal:
+            seen = seen & (key <= query)
+        return seen.long().expand(num_heads, -1, -1)
 
     def picture_size(self, params: LongformerParams, num_heads):
         return 1, max(32, 4 * (params.left + params.right + 1) + params.global_tokens)

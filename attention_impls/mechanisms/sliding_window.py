@@ -96,12 +96,15 @@ class SlidingWindow(Mechanism):
         left, right = params.window(causal)
         return num_heads * sliding_window_pairs(seq_len, left, right)
 
-    def reference_multiplicity(self, params, seq_len, num_heads, causal, device=None) -> torch.Tensor:
-        left, right = params.window(causal)
-        p = torch.arange(seq_len, device=device)
-        query, key = p[:, None], p[None, :]
+    def reference_visible(self, params, query_positions, key_positions, num_heads, causal, key_length):
+        left, right = params.window(causal)  # causal: right = 0, so j <= p
+        query, key = query_positions[:, None], key_positions[None, :]
         visible = (key >= query - left) & (key <= query + right)
-        return visible.long().expand(num_heads, seq_len, seq_len)
+        return visible.long().expand(num_heads, -1, -1)
+
+    def key_range(self, params, first_query, last_query, key_length, causal):
+        left, right = params.window(causal)
+        return first_query - left, last_query + right + 1
 
     def reach(self, params, seq_len, depth, causal, token_shift) -> int:
         return min(depth * (params.window(causal)[0] + int(token_shift)), seq_len - 1)

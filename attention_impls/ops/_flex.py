@@ -35,8 +35,8 @@ class FlexBackend(AttentionBackend):
         return flex_unavailable_reason()
 
     @classmethod
-    def not_supported_reasons(cls, device, dtype, causal, requires_grad, head_dim=None):
-        reasons = super().not_supported_reasons(device, dtype, causal, requires_grad, head_dim)
+    def not_supported_reasons(cls, device, dtype, causal, requires_grad, head_dim=None, features=frozenset()):
+        reasons = super().not_supported_reasons(device, dtype, causal, requires_grad, head_dim, features)
         if torch.device(device).type == "cpu":
             if dtype in cls.dtypes and dtype not in _CPU_DTYPES:
                 allowed = ", ".join(sorted(_dtype_name(d) for d in _CPU_DTYPES))

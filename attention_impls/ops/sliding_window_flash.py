@@ -29,8 +29,8 @@ class SlidingWindowFlash(AttentionBackend):
         return cuda_flash_window_unavailable_reason()
 
     @classmethod
-    def not_supported_reasons(cls, device, dtype, causal, requires_grad, head_dim=None):
-        reasons = super().not_supported_reasons(device, dtype, causal, requires_grad, head_dim)
+    def not_supported_reasons(cls, device, dtype, causal, requires_grad, head_dim=None, features=frozenset()):
+        reasons = super().not_supported_reasons(device, dtype, causal, requires_grad, head_dim, features)
         if head_dim is not None and (why := flash_head_dim_unsupported(head_dim)) is not None:
             reasons.append(why)  # backend=None then picks the next backend instead of failing in forward
         if (why := flash_device_unsupported(device)) is not None:

@@ -68,7 +68,8 @@ class Block(nn.Module):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.d_model)
         self.token_shift = TokenShift(cfg.d_model) if cfg.token_shift else None
-        self.attn = MultiheadAttention(cfg.d_model, cfg.heads, bias=False, mechanism=attention["mechanism"],
+        self.attn = MultiheadAttention(cfg.d_model, cfg.heads, bias=False, batch_first=True,
+                                       mechanism=attention["mechanism"],
                                        backend=attention.get("backend"),
                                        qk_transform=Rotary(cfg.d_model // cfg.heads, cfg.rotary_base),
                                        **(attention.get("params") or {}))

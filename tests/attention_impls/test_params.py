@@ -49,10 +49,12 @@ def _qkv(shape=(1, 8, 2, 4)):
     "tensors, match",
     [
         ([torch.randn(8, 2, 4)] * 3, r"q must be 4-D \(batch, seq, heads, head_dim\), got shape \(8, 2, 4\)"),
-        ([torch.randn(1, 8, 2, 4), torch.randn(1, 9, 2, 4), torch.randn(1, 9, 2, 4)], r"same shape"),
+        # fewer queries than keys is a query block, which needs its position (attention_impls.call)
+        ([torch.randn(1, 8, 2, 4), torch.randn(1, 9, 2, 4), torch.randn(1, 9, 2, 4)], r"needs query_offset="),
         ([torch.randn(1, 8, 2, 4), torch.randn(1, 8, 2, 4).double(), torch.randn(1, 8, 2, 4)], r"dtypes differ"),
         ([torch.randn(1, 8, 2, 0)] * 3, r"head_dim=0 must be >= 1"),
         ([torch.randn(1, 0, 2, 4)] * 3, r"seq_len=0 must be >= 1"),
+        ([torch.randn(1, 8, 0, 4)] * 3, r"heads=0 must be >= 1"),  # the chunked backend died of SIGFPE on it
         ([torch.ones(1, 8, 2, 4, dtype=torch.long)] * 3, r"floating point"),
     ],
 )

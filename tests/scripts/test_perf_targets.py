@@ -1,4 +1,5 @@
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -30,6 +31,9 @@ def test_smoke_run_measures_every_target_and_stores_rows(tmp_path, capsys):
     assert len(in_rounds) == 9 and set(in_rounds["round_count"]) == {2, 3}  # 1M scaling: two brackets
     assert ((in_rounds["round_min"] <= in_rounds["measured"]) & (in_rounds["measured"] <= in_rounds["round_max"])).all()
     assert "of 3 meet it" in printed
+    for row in rows.to_dict("records"):  # each target's two quantities are among what its measurement returned
+        quantities = json.loads(row["quantities"])
+        assert row["numerator"] in quantities and row["denominator"] in quantities
 
 
 def test_a_measurement_that_raises_becomes_an_error_row_and_the_others_still_run(tmp_path, capsys, monkeypatch):

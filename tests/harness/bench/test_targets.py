@@ -38,28 +38,21 @@ def test_a_measurement_that_hangs_is_a_timeout_row_and_the_next_one_runs(tmp_pat
     """Targets run in the runner's worker: a hung measurement is killed at targets.timeout_s and recorded, and
     the measurements after it still run in a fresh worker."""
     cfg = compose(["experiment=perf_targets", "targets.smoke=true", "targets.only=[dilated_scaling,auto_pick]",
-                   "targets.timeout_s=20", "targets.fault_hook=shootout_faults:hang_in_paper_scaling",
+                   "targets.timeout_s=5", "targets.fault_hook=shootout_faults:hang_in_paper_scaling",
                    f"paths.results_dir={tmp_path}"])
     rows = run(cfg, check(cfg)).read()
     hung = rows[rows["target_key"] == "dilated_scaling.per_token"]
-    assert hung["status"].tolist() == ["timeout"] and "exceeded the time budget of 20 s" in hung["reason"].iloc[0]
+    assert hung["status"].tolist() == ["timeout"] and "exceeded the time budget of 5 s" in hung["reason"].iloc[0]
     picks = rows[rows["target_key"].str.startswith("auto_pick.")]
     assert len(picks) == len(ai.MECHANISMS) and (picks["status"] == "ok").all()
 
 
-def test_every_target_reads_two_quantities_its_measurement_returns():
-    """The targets are data: each names a measurement and two of the quantities its rounds carry."""
+def test_every_target_names_a_measurement_and_a_comparison():
+    """The targets are data: each names one measurement and two of its quantities (the smoke run in
+    tests/scripts/test_perf_targets.py checks every stored row's quantities hold both)."""
     from harness.bench import targets
 
     names = [m.name for m in targets.MEASUREMENTS]
-    assert len(set(names)) == len(names)
-    settings = targets.TargetSettings(smoke=True)
-    measured = {}
-    for target in targets.TARGETS:
-        assert target.measurement in names and target.comparison in ("<=", ">=")
-        if target.measurement not in measured and target.measurement.startswith(("dilated_gather", "auto_pick")):
-            measured[target.measurement] = targets.run_measurement(settings, target.measurement)
-        if target.measurement in measured:
-            rounds = measured[target.measurement]["rounds"]
-            assert all(target.numerator in r and target.denominator in r for r in rounds)
-            assert all(ratio > 0 for ratio in target.ratios(rounds))
+    assert len(set(names)) == len(names) and {t.measurement for t in targets.TARGETS} == set(names)
+    assert all(t.comparison in ("<=", ">=") and t.numerator != t.denominator for t in targets.TARGETS)
+    assert len({t.key for t in targets.TARGETS}) == len(targets.TARGETS)
