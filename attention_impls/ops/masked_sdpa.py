@@ -26,7 +26,8 @@ class _MaskedSdpa(AttentionBackend):
 
     def _count(self, query_positions, key_positions, num_heads, key_length, causal) -> torch.Tensor:
         """(B or 1, H, L, M) multiplicity at these positions (key_length: what the rules clip to)."""
-        heads = torch.arange(num_heads, device=query_positions.device)
+        # one mask for every head where the pattern is the same in each (an H-fold mask is 2x slower in training)
+        heads = torch.arange(num_heads if get_mechanism(self.mechanism).per_head else 1, device=query_positions.device)
         count = get_mechanism(self.mechanism).multiplicity(self.params, key_length, num_heads, causal)(
             query_positions[:, None, :, None], key_positions[:, None, None, :], heads[None, :, None, None])
         return count
@@ -38,14 +39,16 @@ class _MaskedSdpa(AttentionBackend):
             # for every N it passed.
             self._masks.clear()
             positions = torch.arange(seq_len, device=device)[None]
-            count = self._count(positions, positions, num_heads, seq_len, causal)[0]
-            self._masks[key] = torch.log(count.to(dtype))  # log 0 = -inf: never scored
+            # (1, H or 1, N, N): SDPA's CPU flash kernel takes a 4-D mask, a 3-D one falls back to the math path
+            count = self._count(positions, positions, num_heads, seq_len, causal)
+            # a key seen at most once: a bool mask (SDPA's faster path); else log c, with log 0 = -inf: never scored
+            self._masks[key] = count > 0 if int(count.max()) <= 1 else torch.log(count.to(dtype))
         return self._masks[key]
 
     def forward(self, q, k, v, causal):
-        mask_HNN = self._plain_mask(q.shape[1], q.shape[2], causal, q.device, q.dtype)
+        mask_1HNN = self._plain_mask(q.shape[1], q.shape[2], causal, q.device, q.dtype)
         out_BHND = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                  attn_mask=mask_HNN, scale=self.params.scale)
+                                                  attn_mask=mask_1HNN, scale=self.params.scale)
         return out_BHND.transpose(1, 2)
 
     def forward_call(self, q, k, v, call: Call):
