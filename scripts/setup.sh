@@ -19,9 +19,9 @@ pip=(.venv/bin/python -m pip install --disable-pip-version-check --quiet)
 if ! .venv/bin/python -c "import torch, sys; v = tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]); sys.exit(v < (2, 10))" 2>/dev/null; then
     "${pip[@]}" "torch==2.13.0"
 fi
-extras="dev"
+extras="dev,hf"
 if [ "$(uname -s)" = "Linux" ] && [ "$(uname -m)" = "x86_64" ]; then
-    extras="dev,xformers"
+    extras="dev,hf,xformers"
 fi
 "${pip[@]}" -e ".[${extras}]"
 echo "$want" > "$stamp"

@@ -132,20 +132,28 @@ def interleaved_mqar_batch(task: TaskConfig, batch_size: int, seq_len: int, rng:
     targets = torch.full((batch_size, seq_len), IGNORE, dtype=torch.long)
     item = torch.full((batch_size, seq_len), -1, dtype=torch.long)
     query_pos, sources, distance = [], [], []
+    # every cell gathered first and written in one indexed store: a tensor write per cell took 40 % of a step
+    cells, query_rows, answers = [], [], []
     for row in range(batch_size):
         layout = _mqar_layout(task, seq_len, min_gap, max_gap, rng)
         for key_pos, key, value, gap in layout:
-            tokens[row, key_pos] = key_token(task, key)
-            tokens[row, key_pos + 1] = value_token(task, value)
+            cells += [(row, key_pos, key_token(task, key)), (row, key_pos + 1, value_token(task, value))]
             if gap is not None:
                 query = key_pos + gap
-                tokens[row, query] = key_token(task, key)
-                targets[row, query] = value_token(task, value)
-                item[row, query] = len(query_pos)
+                cells.append((row, query, key_token(task, key)))
+                query_rows.append(row)
+                answers.append(value_token(task, value))
                 query_pos.append(query)
                 sources.append((key_pos, key_pos + 1))
                 distance.append(gap)
     count = len(query_pos)
+    if cells:
+        rows, positions, values = torch.tensor(cells, dtype=torch.long).unbind(1)
+        tokens[rows, positions] = values
+    if count:
+        rows, positions = torch.tensor(query_rows), torch.tensor(query_pos)
+        targets[rows, positions] = torch.tensor(answers)
+        item[rows, positions] = torch.arange(count)
     return RetrievalBatch(tokens, targets, item, torch.tensor(query_pos, dtype=torch.long),
                           torch.tensor(sources, dtype=torch.long).reshape(count, 2),
                           torch.tensor(distance, dtype=torch.long), torch.full((count,), float("nan")))
