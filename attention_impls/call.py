@@ -19,6 +19,7 @@ import torch
 # The features a call may use; a backend declares the ones it implements in `supports`.
 FEATURE_WORDS = {
     "query_block": "a query block at positions of its own (query_offset, or fewer queries than keys)",
+    "decode": "one query at a position of its own (a decoding step: query_offset, one query)",
     "cross": "attention between unrelated sequences (fewer queries than keys, no query_offset)",
     "position_offsets": "per-sequence position offsets (left padding)",
     "key_padding": "key padding (key_padding_mask or key_lengths)",
@@ -57,9 +58,12 @@ class Call:
 
     @property
     def features(self) -> frozenset[str]:
+        block = self.query_offset is not None and (self.query_len != self.key_len or self.query_offset != 0
+                                                   or self.key_start != 0)
         used = {
-            "query_block": self.query_offset is not None and (self.query_len != self.key_len
-                                                              or self.query_offset != 0 or self.key_start != 0),
+            # a decoding step is a block of one query, apart so that a backend can take it alone
+            "query_block": block and self.query_len > 1,
+            "decode": block and self.query_len == 1,
             "cross": self.query_offset is None,
             "position_offsets": self.position_offsets is not None,
             "key_padding": self.key_padding_mask is not None,

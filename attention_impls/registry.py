@@ -283,7 +283,7 @@ class Attention(torch.nn.Module):
         if (key_len, num_heads) not in self._coverage_checked:
             get_mechanism(self.mechanism).check_shape(self.params, key_len, num_heads)
             self._coverage_checked.add((key_len, num_heads))
-        if "query_block" in call.features:
+        if call.features & {"query_block", "decode"}:
             k, v, call = _keys_in_reach(get_mechanism(self.mechanism), self.params, k, v, call)
         requires_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         features = call.features

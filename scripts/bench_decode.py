@@ -4,9 +4,9 @@
     python scripts/bench_decode.py --seq-lens 1024 4096 --rounds 5
 
 Each mechanism decodes through attention_impls (backend=None, query_offset=N-1, causal), which reads only the keys
-its pattern lets the query see (Mechanism.key_range), next to torch's SDPA over the whole cache. The calls of one N
-are timed in interleaved rounds (A B C A B C ...) and each ratio to SDPA is taken within a round; the table shows
-the median over rounds with the range.
+its pattern lets the query see (Mechanism.key_range; dilated: exactly its visible keys, Mechanism.visible_keys),
+next to torch's SDPA over the whole cache. The calls of one N are timed in interleaved rounds (A B C A B C ...)
+and each ratio to SDPA is taken within a round; the table shows the median over rounds with the range.
 """
 
 from __future__ import annotations

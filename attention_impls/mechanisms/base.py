@@ -209,6 +209,12 @@ class Mechanism:
         the keys the pattern lets it see, not the cache's length."""
         return None
 
+    def visible_keys(self, params, query_position: int, key_length: int, num_heads: int,
+                     causal: bool) -> list[torch.Tensor] | None:
+        """Per head, the key positions one query sees, each repeated as often as the pattern scores it (its
+        multiplicity), in closed form; or None. A decoding step then attends to exactly these keys."""
+        return None
+
     def reach(self, params, seq_len: int, depth: int, causal: bool, token_shift: bool) -> int | None:
         """The longest distance p - j over which a token can influence a later position through `depth` layers,
         in closed form, or None: then it is read off the receptive field, built from `multiplicity`."""

@@ -221,6 +221,21 @@ class Dilated(Mechanism):
         high = max((last_query // segment + 1) * segment for segment in segments)
         return low, min(high, last_query + 1) if causal else high
 
+    def visible_keys(self, params, query_position, key_length, num_heads, causal):
+        # in each branch the query takes part for the heads whose offset is its own residue; those heads see its
+        # segment's keys of that residue (up to the query when causal)
+        position, heads = query_position, []
+        for head in range(num_heads):
+            keys = []
+            for segment, rate in params.branches(key_length):
+                start = position // segment * segment
+                if (position - start) % rate != params.offset(head, rate, num_heads):
+                    continue
+                end = min(start + segment, key_length, position + 1 if causal else key_length)
+                keys.append(torch.arange(start + (position - start) % rate, end, rate))
+            heads.append(torch.cat(keys) if keys else torch.zeros(0, dtype=torch.long))
+        return heads
+
     def picture_size(self, params: DilatedParams, num_heads):
         # cyclic: heads h and h + lcm(r) see the same keys; blocked: every head may differ
         distinct = math.lcm(*params.dilation_rates) if params.head_offsets == "cyclic" or num_heads is None \

@@ -13,7 +13,7 @@ class DenseSdpa(AttentionBackend):
     description = "torch.nn.functional.scaled_dot_product_attention (flash / memory-efficient / math, torch picks)"
     dtypes = frozenset({torch.float64, torch.float32, torch.float16, torch.bfloat16})
 
-    supports = frozenset({"query_block", "cross", "position_offsets", "key_padding", "grouped_heads", "scale",
+    supports = frozenset({"query_block", "decode", "cross", "position_offsets", "key_padding", "grouped_heads", "scale",
                           "dropout", "attn_mask"})
 
     def forward(self, q, k, v, causal):

@@ -18,7 +18,8 @@ _ALL_FLOATS = frozenset({torch.float64, torch.float32, torch.float16, torch.bflo
 class _MaskedSdpa(AttentionBackend):
     name = "masked_sdpa"
     dtypes = _ALL_FLOATS
-    supports = frozenset({"query_block", "position_offsets", "key_padding", "scale", "dropout", "attn_mask"})
+    supports = frozenset({"query_block", "decode", "position_offsets", "key_padding", "scale", "dropout",
+                          "attn_mask"})
 
     def __init__(self, params) -> None:
         super().__init__(params)

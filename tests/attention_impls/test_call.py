@@ -237,3 +237,55 @@ def test_a_decoding_step_reads_only_the_keys_in_reach_and_equals_the_full_call(m
              key_padding_mask=padding[:, :p + 1])
     reach = {"sliding_window": 4, "dilated": 8}[mechanism]  # window 3 + the query; the longest segment, 8
     assert max(held) <= reach + 5  # + 5: the padded sequence's positions sit 5 later
+
+
+@st.composite
+def dilated_decode_steps(draw):
+    params = draw(get_mechanism("dilated").param_strategy())
+    params["head_offsets"] = draw(st.sampled_from(["cyclic", "blocked"]))
+    heads = draw(st.sampled_from([1, 2, 4, 6]))
+    keys = draw(st.integers(1, 90))
+    options = {"causal": draw(st.booleans()), "query_offset": draw(st.integers(0, keys - 1))}
+    if draw(st.booleans()):
+        options["scale"] = draw(st.floats(0.05, 2.0))
+    kv_heads = draw(st.sampled_from([h for h in (1, 2, heads) if heads % h == 0]))
+    return params, heads, kv_heads, keys, options, draw(st.integers(0, 2**16))
+
+
+@given(dilated_decode_steps())
+@settings(max_examples=80, deadline=None)
+def test_dilated_decoding_gathers_exactly_the_keys_it_sees(case):
+    """A decoding step through `gather` (Dilated.visible_keys, each key as often as branches score it) equals the
+    reference's row, outputs and gradients in float64, at any position, with scale and grouped heads."""
+    params, heads, kv_heads, keys, options, seed = case
+    q, k, v = (x.requires_grad_() for x in _qkv(2, 1, keys, heads, kv_heads, seed=seed))
+    try:
+        attn = ai.build("dilated", "gather", **params)
+        out = attn(q, k, v, **options)
+    except ValueError as error:  # blocked offsets can leave a (position, head) uncovered: refused, by name
+        assert "blocked" in str(error) or "cover" in str(error)
+        return
+    expected = ai.build("dilated", "reference", **params)(q, k, v, **options)
+    assert attn.backend == "gather" and torch.allclose(out, expected, atol=1e-10)
+    grad_out = torch.randn_like(out)
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(torch.autograd.grad(out, (q, k, v), grad_out),
+                                                                 torch.autograd.grad(expected, (q, k, v), grad_out)))
+
+
+def test_a_dilated_decoding_step_reads_its_visible_keys_not_the_cache():
+    """backend=None decodes through gather, whose keys per head are the keys the query sees, each as often as
+    branches score it: at most sum(w / r) + the branches, a fraction of the cache of N = 1024."""
+    params = {"segment_lengths": [128, 256, 512], "dilation_rates": [1, 2, 4]}
+    mechanism = get_mechanism("dilated")
+    built = mechanism.make_params(**params)
+    visible = mechanism.visible_keys(built, 1023, 1024, 8, True)
+    assert max(len(held) for held in visible) <= 128 + 256 // 2 + 512 // 4 + 3
+    count = mechanism.multiplicity(built, 1024, 8, True)(torch.tensor(1023), torch.arange(1024)[None],
+                                                          torch.arange(8)[:, None])
+    for head, held in enumerate(visible):
+        assert torch.equal(torch.bincount(held, minlength=1024), count[head].long())
+    q, k, v = _qkv(1, 1, 1024, 8, 8, dtype=torch.float32)
+    attn = ai.build("dilated", **params)
+    with torch.no_grad():
+        attn(q, k, v, causal=True, query_offset=1023)
+    assert attn.backend == "gather"
