@@ -95,7 +95,7 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
 NOTES = {
     "status": "ok, wrong, oom, timeout, unsupported, nan, error, skipped",
     "config": "the full resolved config, JSON", "backend": "the one that ran", "params": "JSON",
-    "pass": "forward, forward_backward", "latency_times_s": "raw samples, JSON", "noisy": "IQR > 10 % of median",
+    "pass": "forward, forward_backward, decode (one query at N - 1 against N keys)", "latency_times_s": "raw samples, JSON", "noisy": "IQR > 10 % of median",
     "useful_flops": "the spec's count; forward+backward = 3.5x forward", "executed_flops": "what the backend scores",
     "round_medians_s": "JSON, one per interleaved round", "speedup_reference": "the dense point of the same N",
     "speedup_round_median": "over the reference, per round", "probes": "[N, status] tried, JSON",

@@ -170,6 +170,9 @@ def plan_distributed(cfg: DictConfig) -> DistributedPlan:
                           "use gloo on CPU")
     if dist_cfg.fault_hook:
         check_hook("distributed.fault_hook", dist_cfg.fault_hook)
+    if "decode" in bench.passes:
+        raise ConfigError("benchmark.passes: 'decode' is not a sequence-parallel job (one query shards over no "
+                          "ranks); the distributed job takes forward, forward_backward")
 
     launcher = "torchrun" if under_torchrun() else "spawn"
     if launcher == "torchrun":

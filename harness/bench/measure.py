@@ -34,7 +34,8 @@ CUDA_MEMORY_METHOD = "cuda: max_memory_allocated - memory_allocated after inputs
 NOISY_IQR_FRACTION = 0.1  # torch.utils.benchmark warns above this IQR / median
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-PASSES = ("forward", "forward_backward")
+# decode: one query at position N - 1 against N cached keys (a KV-cache decoding step), forward only
+PASSES = ("forward", "forward_backward", "decode")
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Point:
     head_dim: int
     dtype: str
     causal: bool
-    pass_name: str  # "forward" | "forward_backward" (the row's `pass` column)
+    pass_name: str  # "forward" | "forward_backward" | "decode" (the row's `pass` column)
     device: str
     seed: int = 0
     warmup: int = 2
@@ -64,6 +65,13 @@ class Point:
     @property
     def backward(self) -> bool:
         return self.pass_name == "forward_backward"
+
+    def call_options(self, seq_len: int) -> dict[str, Any]:
+        """The attention call's arguments beyond q, k, v: causal, and for a decoding step the query's position."""
+        options: dict[str, Any] = {"causal": self.causal}
+        if self.pass_name == "decode":
+            options["query_offset"] = seq_len - 1
+        return options
 
     def identity(self) -> dict[str, Any]:
         """What makes two points the same measurement (hashed into config_hash for resume)."""
@@ -106,6 +114,8 @@ def _inputs(point: Point, batch: int, seq_len: int, device: torch.device, seed: 
     shape = (batch, seq_len, point.heads, point.head_dim)
     dtype = DTYPES[point.dtype]
     q, k, v, grad_out = (torch.randn(shape, generator=generator).to(device=device, dtype=dtype) for _ in range(4))
+    if point.pass_name == "decode":  # the last query only, against every key: one decoding step
+        q, grad_out = q[:, -1:].contiguous(), grad_out[:, -1:].contiguous()
     if point.backward:
         for tensor in (q, k, v):
             tensor.requires_grad_(True)
@@ -126,10 +136,11 @@ def build_attention(point: Point):
 
 def _run_once(attn, q, k, v, grad_out, point: Point) -> list[torch.Tensor]:
     """Output, and with backward the gradients of (q, k, v) for grad_out: what a gate or NaN check inspects."""
+    options = point.call_options(k.shape[1])
     if not point.backward:
         with torch.inference_mode():
-            return [attn(q, k, v, causal=point.causal)]
-    out = attn(q, k, v, causal=point.causal)
+            return [attn(q, k, v, **options)]
+    out = attn(q, k, v, **options)
     return [out.detach(), *torch.autograd.grad(out, (q, k, v), grad_out)]
 
 
@@ -162,7 +173,7 @@ def _gate(point: Point, attn, device: torch.device) -> dict[str, Any]:
     got = _run_once(attn, q, k, v, grad_out, point)
     reference = attention_impls.build(point.mechanism, "reference", **point.params)
     q64, k64, v64 = (t.detach().double().requires_grad_(point.backward) for t in (q, k, v))
-    expected_out = reference(q64, k64, v64, causal=point.causal)
+    expected_out = reference(q64, k64, v64, **point.call_options(seq_len))
     expected = [expected_out.detach()]
     if point.backward:
         expected += list(torch.autograd.grad(expected_out, (q64, k64, v64), grad_out.double()))
@@ -352,13 +363,14 @@ def measure_point(point: Point) -> dict[str, Any]:
 
 
 def _timed_call(point: Point, attn, q, k, v, grad_out) -> Callable[[], None]:
+    options = point.call_options(k.shape[1])
     if point.backward:
         def call() -> None:
-            out = attn(q, k, v, causal=point.causal)
+            out = attn(q, k, v, **options)
             torch.autograd.grad(out, (q, k, v), grad_out)
     else:
         def call() -> None:
-            attn(q, k, v, causal=point.causal)
+            attn(q, k, v, **options)
     return call
 
 

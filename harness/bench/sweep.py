@@ -236,12 +236,15 @@ class SpeedRun:
         row.update(columns)
         if backend is not None and backend in attention_impls.registry.REGISTRY[point.mechanism]:
             row.update(point_flops(point.mechanism, backend, point.params, point.batch, point.seq_len,
-                                   point.heads, point.head_dim, point.causal, point.backward, point.device))
+                                   point.heads, point.head_dim, point.causal, point.backward, point.device,
+                                   decode=point.pass_name == "decode"))
         median = row.get("latency_median_s")
         if row["status"] == "ok" and median:
-            row["tokens_per_s"] = point.batch * point.seq_len / median
+            # a decoding step makes one token per sequence
+            tokens = point.batch * (1 if point.pass_name == "decode" else point.seq_len)
+            row["tokens_per_s"] = tokens / median
             row["flops_per_s"] = row["useful_flops"] / median
-            row["executed_flops_per_s"] = row["executed_flops"] / median
+            row["executed_flops_per_s"] = row["executed_flops"] / median  # NaN where not modelled
             peak = row.get("matmul_peak_flops_per_s")
             row["fraction_of_peak"] = row["flops_per_s"] / peak if peak and not math.isnan(peak) else math.nan
         row.update(config=self.config_json, config_hash=point_hash, **self.env)

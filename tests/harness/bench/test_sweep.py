@@ -176,3 +176,21 @@ def test_a_busy_machine_ranks_the_variants_as_a_quiet_one(tmp_path):
         assert window["speedup_round_min"] > 1.0, window["round_medians_s"]  # faster than dense in every round
     ranking = [list(rows.sort_values("latency_median_s")["variant"]) for rows in (quiet, loaded)]
     assert ranking[0] == ranking[1] == ["window", "dense_sdpa"]
+
+
+def test_a_decode_pass_times_one_query_against_the_cache(tmp_path):
+    """benchmark.passes=[decode]: one query at N - 1 against N keys, gated against the reference at that
+    position; a token per sequence per step; useful FLOPs count the pairs of that one query (the dilated
+    query's visible keys with multiplicity), decoded through gather."""
+    rows, _ = run(tmp_path, "benchmark.seq_lens=[256]", "benchmark.passes=[decode]", "benchmark.causal=[true]",
+                  "benchmark.batch=2", "attention=dilated_gather", "attention.backend=null",
+                  "attention.params.segment_lengths=[32,64]", "attention.params.dilation_rates=[1,2]")
+    row = rows.iloc[0]
+    assert row["status"] == "ok" and row["pass"] == "decode" and row["backend"] == "gather", row["reason"]
+    assert row["max_abs_err"] < 1e-4
+    # the query at 255: segment 32 at rate 1 (32 keys, every head); segment 64 at rate 2 (32 keys, heads with
+    # the query's residue 1, i.e. head 1 of 2): 2 heads x 32 + 32 pairs, per sequence
+    assert row["useful_flops"] == 4 * 16 * 2 * (2 * 32 + 32)
+    assert row["tokens_per_s"] == pytest.approx(2 / row["latency_median_s"])
+    with pytest.raises(ConfigError, match="'decode' is not a sequence-parallel job"):
+        run(tmp_path, "experiment=distributed", "benchmark.passes=[decode]")
