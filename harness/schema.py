@@ -19,7 +19,10 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-STATUSES = ("ok", "wrong", "oom", "timeout", "unsupported", "nan", "error", "skipped")
+STATUSES = ("ok", "wrong", "oom", "timeout", "unsupported", "nan", "error", "killed", "skipped")
+# A point recorded with one of these is final: resume reuses it. An error, a worker killed from outside (a signal
+# it did not raise itself: kill -9, SIGTERM) and a point skipped after its ladder failed are measured again.
+FINAL_STATUSES = ("ok", "wrong", "unsupported", "oom", "timeout", "nan")
 
 # Value types: what a cell may hold (None or NaN always may, unless the column is required).
 TEXT, INT, NUMBER, BOOL, JSON = "text", "int", "number", "bool", "json"
@@ -93,7 +96,8 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
 
 # What a column means where its name does not say it all (the README's table is made from these).
 NOTES = {
-    "status": "ok, wrong, oom, timeout, unsupported, nan, error, skipped",
+    "status": "ok, wrong, oom, timeout, unsupported, nan, error, killed (the worker died from a signal sent from "
+              "outside; measured again on resume), skipped",
     "config": "the full resolved config, JSON", "backend": "the one that ran", "params": "JSON",
     "pass": "forward, forward_backward, decode (one query at N - 1 against N keys)", "latency_times_s": "raw samples, JSON", "noisy": "IQR > 10 % of median",
     "useful_flops": "the spec's count; forward+backward = 3.5x forward", "executed_flops": "what the backend scores",

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from .environment import code_version
-from .schema import BASE, STATUSES, check_row  # noqa: F401  (STATUSES: the store's statuses, re-exported)
+from .schema import BASE, FINAL_STATUSES, STATUSES, check_row  # noqa: F401  (STATUSES: re-exported)
 
 # Columns every row has, whatever produced it; each kind's own are in harness/schema.py.
 BASE_COLUMNS = tuple(BASE)
@@ -128,7 +128,7 @@ class ResultsStore:
             return frame.iloc[0:0]
         return frame[frame["env_code_version"] == code_version()].reset_index(drop=True)
 
-    def done_hashes(self, statuses: tuple[str, ...] = ("ok", "wrong", "unsupported", "oom", "timeout", "nan")) -> set[str]:
+    def done_hashes(self, statuses: tuple[str, ...] = FINAL_STATUSES) -> set[str]:
         """config_hash of points this code already recorded with a final status (resume skips these)."""
         frame = self.read_resumable()
         if frame.empty:

@@ -56,6 +56,7 @@ from .. import environment
 from ..config import ConfigError
 from ..store import ResultsStore, config_hash
 from .measure import DTYPES, Timing, _sync, peak_memory_bytes
+from .worker import death_status, oom_kill_count
 from .plan import (check_benchmark, check_device, check_hook, check_positive, check_seq_lens, check_shapes, grid,
                    point_columns, read_variants)
 
@@ -465,6 +466,7 @@ class _Group:
         context = mp.get_context("spawn")
         self.conns: dict[Any, int] = {}
         self.procs = []
+        self.oom_before = oom_kill_count()  # a rank that dies by SIGKILL was the OOM killer's only if this rises
         for rank in range(world_size):
             receiver, sender = context.Pipe(duplex=False)
             proc = context.Process(target=_rank_main, daemon=True, name=f"shootout-rank{rank}",
@@ -550,7 +552,8 @@ class _Group:
             if rank in self.stopped:
                 status, reason = "timeout", f"rank {rank}: {self.stopped[rank]}"
             else:
-                status, reason = "error", f"rank {rank} died during this point ({_describe_exit(proc.exitcode)})"
+                status, why = death_status(proc.exitcode, self.oom_before, oom_kill_count())
+                reason = f"rank {rank} died during this point ({_describe_exit(proc.exitcode)}): {why}"
             if rank in self.fatal:
                 reason += f": {self.fatal[rank]}"
             rows.append({**_point_columns(point, self.plan.settings, rank, rank, "spawn"),

@@ -27,6 +27,7 @@ from attention_impls.registry import get_backend_class
 
 from .. import environment
 from ..config import ConfigError
+from ..schema import FINAL_STATUSES
 from ..store import ResultsStore, config_hash
 from .flops import point_flops
 from .measure import DTYPES, Point, latency_columns
@@ -36,7 +37,6 @@ from .worker import Worker
 
 FAILED = ("oom", "timeout")  # statuses that end a seq_len ladder
 REFERENCE_MAX_SEQ_LEN = 8192  # the float64 references materialise (batch, heads, N, N) scores
-DONE_STATUSES = ("ok", "wrong", "unsupported", "oom", "timeout", "nan")
 
 
 @dataclass
@@ -120,11 +120,15 @@ class SpeedRun:
         self.config_json = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
         self.env = environment.fingerprint(plan.device)
         self.recorded: dict[str, dict[str, Any]] = {}
+        self.recorded_skips: dict[str, dict[str, Any]] = {}  # the latest skipped row of each point
         if cfg.resume:
             frame = store.read_resumable()
             if not frame.empty:
-                done = frame[frame["status"].isin(DONE_STATUSES)]
+                done = frame[frame["status"].isin(FINAL_STATUSES)]
                 self.recorded = {row["config_hash"]: row for row in done.to_dict("records")}
+                latest = frame.drop_duplicates("config_hash", keep="last")
+                self.recorded_skips = {row["config_hash"]: row for row in latest.to_dict("records")
+                                       if row["status"] == "skipped"}
         self.rows: list[dict[str, Any]] = []  # recorded by this job
         self.table_rows: list[dict[str, Any]] = []  # every point of this job, resumed ones too, in order
         self.skipped_resume = 0
@@ -226,8 +230,13 @@ class SpeedRun:
                                  speedup_round_max=ratios[-1], speedup_reference=points[reference].variant)
 
     def skip(self, point: Point, reason: str) -> dict[str, Any]:
-        return self._record(point, config_hash(point.identity()), point.backend,
-                            {"status": "skipped", "reason": reason})
+        point_hash = config_hash(point.identity())
+        recorded = self.recorded_skips.get(point_hash)
+        if recorded is not None and recorded["reason"] == reason:  # resume: the same skip is not recorded twice
+            self.skipped_resume += 1
+            self.table_rows.append(dict(recorded, resumed=True))
+            return recorded
+        return self._record(point, point_hash, point.backend, {"status": "skipped", "reason": reason})
 
     def _record(self, point: Point, point_hash: str, backend: str | None, columns: dict[str, Any]) -> dict:
         backend = columns.pop("backend", None) or backend

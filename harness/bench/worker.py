@@ -1,8 +1,11 @@
 """A worker process that measures points one at a time and can fail alone.
 
 The parent sends (function name, kwargs) over a pipe and waits at most the point's time budget. A point that
-runs past it has its worker killed (status `timeout`); a worker that dies (the kernel's OOM killer, a segfault
-in a kernel) becomes status `oom` or `error`; the next point gets a fresh worker. Importing torch and every
+runs past it has its worker killed (status `timeout`). A worker that dies becomes a status by what killed it
+(`death_status`): the kernel's OOM killer (a SIGKILL while the OOM-kill counter rose) or the memory limit is
+`oom`; a signal from outside (kill -9 by a person, SIGTERM) is `killed`, which resume measures again; a crash it
+raised itself (SIGSEGV, SIGABRT, an exit code) is `error`, with the last line the worker wrote to stderr. The
+next point gets a fresh worker. Importing torch and every
 backend takes seconds, so one worker serves many points; peak memory stays per point because the worker
 resets the RSS high-water mark before each measured call (measure.peak_memory_bytes).
 
@@ -14,8 +17,12 @@ from __future__ import annotations
 import importlib
 import multiprocessing
 import os
+import re
 import signal
+import sys
+import tempfile
 import warnings
+from pathlib import Path
 from typing import Any
 
 # What a worker can run, and the module that holds it (imported in the worker once, at start).
@@ -27,8 +34,82 @@ def _function(name: str):
     return getattr(importlib.import_module(f"{__package__}.{_FUNCTIONS[name]}"), name)
 
 
-def _serve(connection, memory_limit_bytes: int | None) -> None:
+# Signals a process raises on itself when it crashes; any other signal that ends a worker was sent to it.
+CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT, signal.SIGTRAP,
+                 signal.SIGSYS)
+# What a process prints when an allocation fails outside Python's reach (C++, OpenMP's thread stacks).
+_OUT_OF_MEMORY = re.compile(r"bad_alloc|out of memory|cannot allocate|can't allocate|thread creation failed|"
+                            r"resource temporarily unavailable|MemoryError", re.IGNORECASE)
+# Where the kernel counts OOM kills: this cgroup (v2, then v1), then the whole machine.
+OOM_COUNTERS = (Path("/sys/fs/cgroup/memory.events"), Path("/sys/fs/cgroup/memory/memory.oom_control"),
+                Path("/proc/vmstat"))
+
+
+def oom_kill_count() -> tuple[str, int] | None:
+    """(where, how many OOM kills the kernel has recorded there), from the first counter readable here."""
+    for path in OOM_COUNTERS:
+        try:
+            for line in path.read_text().splitlines():
+                name, _, value = line.partition(" ")
+                if name == "oom_kill":
+                    return str(path), int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def death_status(exitcode: int | None, oom_before: tuple[str, int] | None, oom_after: tuple[str, int] | None,
+                 last_line: str = "", memory_limit_bytes: int | None = None) -> tuple[str, str]:
+    """(status, reason) for a worker that died: what killed it, and the evidence."""
+    said = f": {last_line}" if last_line else ""
+    if exitcode is not None and exitcode < 0:
+        number = -exitcode
+        name = _signal_name(number)
+        if number == signal.SIGKILL and oom_before is not None and oom_after is not None:
+            where, before = oom_before
+            if oom_after[1] > before:
+                return "oom", (f"worker killed by SIGKILL from the kernel's OOM killer (oom_kill in {where} rose from "
+                               f"{before} to {oom_after[1]})")
+            return "killed", (f"worker killed by SIGKILL from outside, not the OOM killer (oom_kill in {where} stayed "
+                              f"{before}); measured again on resume")
+        if number == signal.SIGKILL:
+            return "killed", ("worker killed by SIGKILL (no OOM-kill counter readable here to tell the OOM killer from "
+                              "a kill -9); measured again on resume")
+        if number in CRASH_SIGNALS:
+            return "error", f"worker crashed with {name}{said}"
+        return "killed", f"worker killed by {name} from outside; measured again on resume"
+    if memory_limit_bytes is not None and _OUT_OF_MEMORY.search(last_line):
+        return "oom", (f"worker ran out of memory under benchmark.worker_memory_limit_gb="
+                       f"{memory_limit_bytes / 2**30:g} (exit code {exitcode}){said}")
+    return "error", f"worker died with exit code {exitcode}{said}"
+
+
+def _last_line(path: Path | None) -> str:
+    """The last non-empty line a worker wrote to its stderr (the cause a C library prints before exiting)."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 4096))
+            lines = [line.strip() for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+    except (OSError, TypeError):
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+def _serve(connection, memory_limit_bytes: int | None, stderr_path: str | None = None) -> None:
     """Worker main loop: import once, optionally cap the data segment, then answer requests until told to stop."""
+    if stderr_path is not None:
+        # fd 2 itself, so what C libraries print before they exit (libgomp, allocators) is kept for the reason
+        log = os.open(stderr_path, os.O_WRONLY | os.O_APPEND)
+        os.dup2(log, 2)
+        os.close(log)
     warnings.filterwarnings("ignore", message=".*xFormers.*")
     import attention_impls
 
@@ -39,6 +120,12 @@ def _serve(connection, memory_limit_bytes: int | None) -> None:
         importlib.import_module(f"{__package__}.{module}")
     if memory_limit_bytes is not None:
         import resource
+
+        import torch
+
+        # OpenMP's thread stacks count against the limit too: start its pool now, so a small limit fails a point
+        # as an allocation in it, not as libgomp's exit(1) when it cannot create its threads.
+        torch.ones(1 << 16).sum()
 
         # RLIMIT_DATA counts heap and private anonymous mappings (Linux >= 4.7): tensors. The limit is headroom
         # above what the imports already use, so an allocation past it fails in the worker as a real OOM.
@@ -60,6 +147,16 @@ def _serve(connection, memory_limit_bytes: int | None) -> None:
             connection.send(("failed", measure.classify_exception(error)))
 
 
+def _forward(path: Path) -> None:
+    """Pass on what a worker wrote to stderr (warnings a user should see), once it has stopped."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return
+    if text.strip():
+        sys.stderr.write(text if text.endswith("\n") else text + "\n")
+
+
 class Worker:
     """`run(name, kwargs, timeout_s)` -> the function's result, or {"status": ..., "reason": ...} on failure."""
 
@@ -72,12 +169,16 @@ class Worker:
         self.startup_timeout_s = startup_timeout_s
         self._process: multiprocessing.process.BaseProcess | None = None
         self._connection = None
+        self._stderr: Path | None = None
         self.starts = 0
 
     def _start(self) -> None:
         context = multiprocessing.get_context("spawn")  # fork would copy this process's threads and CUDA state
         parent_end, child_end = context.Pipe(duplex=True)
-        process = context.Process(target=_serve, args=(child_end, self.memory_limit_bytes), daemon=True,
+        descriptor, stderr = tempfile.mkstemp(prefix="shootout-worker-", suffix=".stderr")
+        os.close(descriptor)
+        self._stderr = Path(stderr)
+        process = context.Process(target=_serve, args=(child_end, self.memory_limit_bytes, stderr), daemon=True,
                                   name="shootout-worker")
         process.start()
         child_end.close()
@@ -89,9 +190,11 @@ class Worker:
         try:
             parent_end.recv()
         except EOFError:
-            code = process.exitcode
+            process.join(5)
+            status, reason = death_status(process.exitcode, None, None, _last_line(self._stderr),
+                                          self.memory_limit_bytes)
             self.close(kill=True)
-            raise RuntimeError(f"the benchmark worker died while starting (exit code {code})") from None
+            raise RuntimeError(f"the benchmark worker died while starting ({status}: {reason})") from None
 
     def run(self, name: str, kwargs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         if name not in _FUNCTIONS:
@@ -108,6 +211,7 @@ class Worker:
             self.close(kill=True)
             self._start()
         assert self._connection is not None and self._process is not None
+        oom_before = oom_kill_count()
         self._connection.send((name, kwargs))
         if not self._connection.poll(timeout_s):
             self.close(kill=True)
@@ -117,11 +221,10 @@ class Worker:
             kind, payload = self._connection.recv()
         except (EOFError, ConnectionError):
             self._process.join(5)
-            code = self._process.exitcode
+            status, reason = death_status(self._process.exitcode, oom_before, oom_kill_count(),
+                                          _last_line(self._stderr), self.memory_limit_bytes)
             self.close(kill=True)
-            if code == -signal.SIGKILL:
-                return {"status": "oom", "reason": "worker killed by SIGKILL (most likely the kernel's OOM killer)"}
-            return {"status": "error", "reason": f"worker died with exit code {code}"}
+            return {"status": status, "reason": reason}
         if kind == "failed":
             status, reason = payload
             return {"status": status, "reason": reason}
@@ -129,8 +232,8 @@ class Worker:
 
     def close(self, kill: bool = False) -> None:
         """Stop the worker: politely after a clean run, by SIGKILL after a timeout or crash."""
-        process, connection = self._process, self._connection
-        self._process = self._connection = None
+        process, connection, stderr = self._process, self._connection, self._stderr
+        self._process = self._connection = self._stderr = None
         if process is None:
             return
         if not kill and process.is_alive():
@@ -144,6 +247,9 @@ class Worker:
             process.join(10)
         if connection is not None:
             connection.close()
+        if stderr is not None:
+            _forward(stderr)
+            stderr.unlink(missing_ok=True)
 
     def __enter__(self) -> "Worker":
         return self

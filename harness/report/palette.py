@@ -25,7 +25,7 @@ LINESTYLES = ("-", "--", "-.", ":")
 
 # How a failed point is drawn: one marker per status, shared by every plot and its legend.
 STATUS_MARKERS = {"oom": "X", "timeout": "v", "wrong": "d", "nan": "p", "error": "x", "unsupported": "_",
-                  "skipped": "|"}
+                  "killed": "*", "skipped": "|"}
 
 
 def parse_params(params: Any) -> dict[str, Any]:

@@ -3,6 +3,8 @@ module of a point and misbehaves at some sequence lengths, the way a real kernel
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import torch
@@ -68,3 +70,44 @@ def hang_in_paper_scaling(measurement: str) -> None:
     """targets.fault_hook: the 1M-token scaling measurement never returns (a kernel that hangs)."""
     if measurement == "dilated_scaling":
         time.sleep(3600)
+
+
+def _in_a_worker() -> None:
+    import multiprocessing
+
+    if multiprocessing.current_process().name != "shootout-worker":
+        raise RuntimeError("this fault hook ends its process: run it with benchmark.isolation=process")
+
+
+def sigkill_once_at_128(point, attn):
+    """At N=128 the worker gets a SIGKILL (as from `kill -9`: the OOM-kill counter does not move), once: the hook
+    leaves the file named by SHOOTOUT_FAULT_MARKER behind and lets later calls run."""
+    def fault(seq_len, call):
+        marker = os.environ["SHOOTOUT_FAULT_MARKER"]
+        if seq_len == 128 and not os.path.exists(marker):
+            _in_a_worker()
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return call()
+    return _Faulty(attn, fault)
+
+
+def _dies_at_128(attn, last_words: bytes, end) -> _Faulty:
+    def fault(seq_len, call):
+        if seq_len == 128:
+            _in_a_worker()
+            os.write(2, last_words)
+            end()
+        return call()
+    return _Faulty(attn, fault)
+
+
+def abort_at_128(point, attn):
+    """A kernel that crashes its process at N=128 (SIGABRT, raised by the process itself)."""
+    return _dies_at_128(attn, b"terminate called after throwing an instance of 'c10::Error'\n", os.abort)
+
+
+def libgomp_exit_at_128(point, attn):
+    """What libgomp does when its threads cannot get memory: a line on stderr, then exit(1)."""
+    return _dies_at_128(attn, b"libgomp: Thread creation failed: Resource temporarily unavailable\n",
+                        lambda: os._exit(1))

@@ -98,7 +98,7 @@ def test_a_killed_rank_fails_its_point_with_rows_naming_it(faulty_run):
     point = _point(rows, "dilated", KILL_AT)
     assert list(point["rank"]) == [0, 1]
     survivor, dead = point.to_dict("records")
-    assert dead["status"] == "error" and "rank 1 died during this point (killed by signal SIGKILL)" in dead["reason"]
+    assert dead["status"] == "killed" and "rank 1 died during this point (killed by signal SIGKILL)" in dead["reason"]
     assert survivor["status"] == "error" and "rank(s) 1 did not check in" in survivor["reason"], survivor["reason"]
 
 

@@ -32,6 +32,30 @@ def test_oom_and_nan_points_become_rows_and_the_sweep_goes_on(tmp_path):
     assert set(stored["job_id"]) and len(stored) == 6
 
 
+def test_resume_keeps_a_final_failure_and_its_skips_without_recording_them_again(tmp_path):
+    overrides = ("benchmark.seq_lens=[64,128,256,512]", "benchmark.passes=[forward]",
+                 "benchmark.fault_hook=shootout_faults:oom_from_128")
+    first, _ = run(tmp_path, *overrides)
+    assert list(first["status"]) == ["ok", "oom", "skipped", "skipped"]
+    for _ in range(2):
+        again, stored = run(tmp_path, *overrides)
+        assert again.empty and len(stored) == 4  # oom is final; its ladder's skips are not recorded twice
+
+
+def test_a_worker_killed_from_outside_is_retried_on_resume_and_does_not_end_its_ladder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHOOTOUT_FAULT_MARKER", str(tmp_path / "killed-once"))
+    overrides = ("benchmark.seq_lens=[64,128,256]", "benchmark.passes=[forward]", "benchmark.isolation=process",
+                 "benchmark.fault_hook=shootout_faults:sigkill_once_at_128")
+    first, _ = run(tmp_path, *overrides)
+    assert list(first["status"]) == ["ok", "killed", "ok"], first[["status", "reason"]]
+    assert "SIGKILL" in first["reason"].iloc[1]
+    again, stored = run(tmp_path, *overrides)
+    assert list(again["seq_len"]) == [128] and list(again["status"]) == ["ok"]
+    assert len(stored) == 4
+    _, stored = run(tmp_path, *overrides)
+    assert len(stored) == 4  # everything is final now
+
+
 def test_ok_rows_have_every_documented_column(tmp_path):
     rows, stored = run(tmp_path, "benchmark.seq_lens=[64]", "attention=sliding_window_chunked",
                        "attention.params.window=8")

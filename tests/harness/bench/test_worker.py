@@ -1,7 +1,10 @@
-"""The process worker: a point that hangs or runs out of real memory fails alone; the next point still runs."""
+"""The process worker: a point that hangs, runs out of real memory, crashes or is killed fails alone, recorded as
+what it was; the next point still runs."""
+
+import os
 
 from harness.bench.measure import Point
-from harness.bench.worker import Worker
+from harness.bench.worker import Worker, death_status, oom_kill_count
 
 
 def point(seq_len, **changes):
@@ -25,3 +28,47 @@ def test_timeout_real_oom_and_recovery_in_one_worker():
         assert ok["status"] == "ok", ok
         assert ok["peak_mem_bytes"] > 0 and ok["latency_count"] >= 2
         assert worker.starts == 2  # the hung worker was killed and replaced; the OOM did not need it
+
+
+def test_a_worker_killed_from_outside_is_killed_not_oom():
+    """SIGKILL or SIGTERM sent by someone else while a point runs: status killed, naming the signal and the
+    evidence that it was not the OOM killer; the next point gets a fresh worker."""
+    import signal
+    import threading
+
+    with Worker("process") as worker:
+        for sent in (signal.SIGKILL, signal.SIGTERM):
+            assert worker.run("measure_point", {"point": point(64)}, timeout_s=120)["status"] == "ok"
+            threading.Timer(1.0, os.kill, (worker._process.pid, sent)).start()
+            row = worker.run("measure_point", {"point": point(128, fault_hook="shootout_faults:hang_at_128")},
+                             timeout_s=60)
+            assert row["status"] == "killed", row
+            assert sent.name in row["reason"] and "measured again on resume" in row["reason"]
+            if sent == signal.SIGKILL and oom_kill_count() is not None:
+                assert "not the OOM killer" in row["reason"]
+        assert worker.run("measure_point", {"point": point(64)}, timeout_s=120)["status"] == "ok"
+        assert worker.starts == 3
+
+
+def test_a_crash_is_an_error_with_what_the_worker_said_and_libgomp_out_of_memory_is_oom():
+    with Worker("process") as worker:
+        crash = worker.run("measure_point", {"point": point(128, fault_hook="shootout_faults:abort_at_128")},
+                           timeout_s=120)
+        assert crash["status"] == "error" and "SIGABRT" in crash["reason"] and "c10::Error" in crash["reason"]
+    with Worker("process", memory_limit_gb=4) as worker:
+        exit_1 = worker.run("measure_point", {"point": point(128, fault_hook="shootout_faults:libgomp_exit_at_128")},
+                            timeout_s=120)
+        assert exit_1["status"] == "oom", exit_1
+        assert "worker_memory_limit_gb=4" in exit_1["reason"] and "Thread creation failed" in exit_1["reason"]
+
+
+def test_death_status_reads_the_oom_kill_counter():
+    where = "/sys/fs/cgroup/memory.events"
+    assert death_status(-9, (where, 3), (where, 4))[0] == "oom"
+    assert death_status(-9, (where, 3), (where, 3))[0] == "killed"
+    assert death_status(-9, None, None)[0] == "killed"  # no counter: never called an OOM without evidence
+    assert death_status(-15, (where, 3), (where, 4))[0] == "killed"  # the OOM killer sends SIGKILL only
+    assert death_status(-11, None, None, "Segmentation fault") == ("error", "worker crashed with SIGSEGV: "
+                                                                            "Segmentation fault")
+    assert death_status(1, None, None, "libgomp: Thread creation failed")[0] == "error"  # no memory limit set
+    assert death_status(3, None, None, "")[1] == "worker died with exit code 3"
