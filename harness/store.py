@@ -5,6 +5,10 @@ Each job appends to its own part file, `parts/<job_id>.parquet` (and a .csv twin
 to a temporary file in the same folder and is moved into place with os.replace, so a run killed at any moment
 leaves every file readable: the previous complete version or the new one, never half of one.
 `consolidate()` merges the parts into results.parquet / results.csv.
+
+A part that cannot be read (a disk that filled, a copy cut short) is reported by name, moved to parts/damaged/ and
+rebuilt from its CSV twin where that is readable; every other part is read as usual. Temporary files left by a
+write that was killed are removed once they are STALE_TMP_S old.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -20,12 +25,18 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
+import pyarrow
 
 from .environment import code_version
 from .schema import BASE, FINAL_STATUSES, STATUSES, check_row  # noqa: F401  (STATUSES: re-exported)
 
 # Columns every row has, whatever produced it; each kind's own are in harness/schema.py.
 BASE_COLUMNS = tuple(BASE)
+# A temporary file this old is no write in progress (a part is written in milliseconds) but one that was killed.
+STALE_TMP_S = 300.0
+# What reading a damaged Parquet or CSV file raises.
+UNREADABLE = (OSError, ValueError, pyarrow.ArrowException, pd.errors.ParserError)
+log = logging.getLogger(__name__)
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -91,6 +102,7 @@ class ResultsStore:
             probe.close()
         except OSError as error:
             raise PermissionError(f"results directory {self.dir} is not writable: {error}") from None
+        self.clean_stale_tmp()
 
     def append(self, rows: dict[str, Any] | Iterable[dict[str, Any]]) -> None:
         """Add rows and rewrite this job's part files atomically (part files are small)."""
@@ -109,11 +121,60 @@ class ResultsStore:
 
     def read(self) -> pd.DataFrame:
         """Every row of the experiment: all parts (the consolidated file is only a merged copy of them)."""
-        parts = sorted((self.dir / "parts").glob("*.parquet"))
-        frames = [read_part(p) for p in parts]
+        frames = []
+        for path in sorted((self.dir / "parts").glob("*.parquet")):
+            try:
+                frames.append(read_part(path))
+            except UNREADABLE as error:
+                rebuilt = self._set_aside(path, error)
+                if rebuilt is not None:
+                    frames.append(rebuilt)
         if not frames:
             return pd.DataFrame(columns=list(BASE_COLUMNS))
         return pd.concat(frames, ignore_index=True, sort=False)
+
+    def _set_aside(self, path: Path, error: BaseException) -> pd.DataFrame | None:
+        """Move an unreadable part to parts/damaged/ and return its rows from the CSV twin, if that can be read."""
+        twin = path.with_suffix(".csv")
+        try:
+            rows = pd.read_csv(twin)
+            if not {"config_hash", "status"} <= set(rows.columns):
+                raise ValueError(f"{twin.name} has no config_hash/status columns")
+            rows["reason"] = rows["reason"].fillna("") if "reason" in rows else ""  # CSV reads "" back as NaN
+        except UNREADABLE:
+            rows = None
+        aside = path.parent / "damaged" / path.name
+        if aside.exists():  # damaged before: keep both
+            aside = aside.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
+        try:
+            aside.parent.mkdir(exist_ok=True)
+            os.replace(path, aside)
+            if rows is not None:
+                write_table(rows, path)
+            moved = f"moved to {aside}"
+        except OSError as move_error:
+            moved = f"left in place ({move_error.strerror or move_error})"
+        cause = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else 'empty'}"
+        if rows is not None:
+            log.warning("damaged part file %s (%s): %s, its %d rows rebuilt from %s", path, cause, moved,
+                        len(rows), twin.name)
+        else:
+            log.warning("damaged part file %s (%s): %s; no readable CSV twin, so its rows are not read", path,
+                        cause, moved)
+        return rows
+
+    def clean_stale_tmp(self) -> list[Path]:
+        """Remove the temporary files of writes that were killed (older than STALE_TMP_S); returns them."""
+        now, removed = time.time(), []
+        for folder in (self.dir, self.dir / "parts"):
+            for path in folder.glob(".*.tmp"):
+                try:
+                    if now - path.stat().st_mtime > STALE_TMP_S:
+                        path.unlink()
+                        removed.append(path)
+                except OSError:
+                    continue
+        return removed
 
     def read_job(self) -> pd.DataFrame:
         """This job's rows only."""
@@ -136,6 +197,7 @@ class ResultsStore:
         return set(frame.loc[frame["status"].isin(statuses), "config_hash"])
 
     def consolidate(self) -> pd.DataFrame:
+        self.clean_stale_tmp()
         frame = self.read()
         write_table(frame, self.dir / "results.parquet")
         write_table(frame, self.dir / "results.csv")

@@ -25,7 +25,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from harness.store import ResultsStore, read_part, write_table  # noqa: E402
+from harness.store import UNREADABLE, ResultsStore, read_part, write_table  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,7 +45,12 @@ def import_parts(source: Path, store: ResultsStore) -> int:
         raise SystemExit(f"--import {source}: no parts/ folder there (expected {parts}/<job_id>.parquet)")
     copied = 0
     for path in sorted(parts.glob("*.parquet")):
-        frame = read_part(path)
+        try:
+            frame = read_part(path)
+        except UNREADABLE as error:
+            print(f"--import {source}: {path.name} cannot be read ({type(error).__name__}: "
+                  f"{str(error).strip() or 'empty file'}); not imported (its CSV twin, if any, is still there)")
+            continue
         target = store.dir / "parts" / path.name
         if target.exists():
             if read_part(target).equals(frame):

@@ -449,7 +449,7 @@ def summary_table(rows: pd.DataFrame, recorded: int, skipped_resume: int, store:
             number(row.get("fraction_of_peak"), 100.0, 1), number(row.get("peak_mem_bytes"), 2.0**-20, 1),
             ("resumed " if row.get("resumed") is True else "") + ("noisy " if row.get("noisy") else "")
             + ("above the GEMM ceiling " if (row.get("fraction_of_peak") or 0) > 1 else "")
-            + escape(row.get("reason") or ""))  # in full: rich wraps the column, it never cuts a reason
+            + escape(row["reason"] if isinstance(row.get("reason"), str) else ""))  # in full: rich wraps the column, it never cuts a reason
     if not rows.empty and "max_seq_len" in set(rows["kind"]):
         for row in rows[rows["kind"] == "max_seq_len"].to_dict("records"):
             table.add_row(row["variant"], "", row["pass"], row["dtype"], str(row["causal"]),

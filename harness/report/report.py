@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -16,10 +17,12 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from ..store import ResultsStore, write_table, _atomic_write
+from ..store import UNREADABLE, ResultsStore, _atomic_write, write_table
 from . import tables
 from .palette import Palette
 from .plots import Plot, make_plots
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "env_"
 
@@ -62,7 +65,11 @@ def read_rows(experiment_dir: Path) -> pd.DataFrame:
         for name in ("results.parquet", "results.csv"):
             path = experiment_dir / name
             if path.exists():
-                return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+                try:
+                    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+                except UNREADABLE as error:
+                    log.warning("%s cannot be read (%s: %s); trying the next copy", path, type(error).__name__,
+                                str(error).strip() or "empty file")
     return frame
 
 

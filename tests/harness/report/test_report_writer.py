@@ -63,10 +63,12 @@ def test_make_report_script_regenerates_from_stored_rows(fixture_rows, tmp_path)
     # A small store (two dense variants) keeps this end-to-end run cheap; the full fixture is covered above.
     rows = fixture_rows[(fixture_rows["kind"] == "speed") & (fixture_rows["mechanism"] == "dense")]
     ResultsStore(tmp_path, "small", job_id="job-0").append(rows.to_dict("records"))
+    (tmp_path / "small" / "parts" / "zz.parquet").write_bytes(b"")  # a damaged part: named, and the rest goes on
     script = str(ROOT / "scripts" / "make_report.py")
     result = subprocess.run([sys.executable, script, "small", "--results-dir", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    assert "damaged part file" in result.stderr and "zz.parquet" in result.stderr
     assert "report:" in result.stdout and "median latency" in result.stdout and "oom" in result.stdout
     text = (tmp_path / "small" / "report.md").read_text()
     assert "No rows for: Performance targets, Largest sequence length, Retrieval, Probe, Distributed (sequence-parallel)" in text
