@@ -10,6 +10,7 @@ Bad input raises `ConfigError`; the entry point prints its one-line message and 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf, open_dict
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from .retrieval.config import EvalConfig, ModelConfig, ProbeConfig, TaskConfig, TrainConfig
 
@@ -174,6 +175,30 @@ class ShootoutConfig:
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     report: bool = True  # write results/<name>/report.md and report.html at the end of the run
     logger: Dict[str, Any] = field(default_factory=lambda: {"_target_": "harness.loggers.NullLogger"})
+
+
+def unknown_keys(node: Any, where: str = "") -> list[str]:
+    """Keys of a schema-typed section that its dataclass does not define: added with `+`, read by nothing."""
+    if not OmegaConf.is_dict(node):
+        return []
+    typed = OmegaConf.get_type(node)
+    known = {f.name for f in dataclasses.fields(typed)} if dataclasses.is_dataclass(typed) else None
+    found = []
+    for key in node.keys():
+        path = f"{where}.{key}" if where else str(key)
+        if known is not None and key not in known:
+            found.append((path, sorted(known)))
+        else:
+            found.extend(unknown_keys(node._get_node(key), path))
+    return found
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Refuse a key the schema does not know (`+benchmark.seqlens=...`, `+foo=bar`), naming the close one."""
+    for path, known in unknown_keys(cfg):
+        parent, _, key = path.rpartition(".")
+        raise ConfigError(f"{path} is not a config key{_suggest(key, known)}: `+` adds a key, but nothing reads "
+                          f"this one; the keys of {parent or 'the top level'} are: {', '.join(known)}")
 
 
 def backend_nodes() -> dict[str, dict[str, Any]]:

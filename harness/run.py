@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .bench import run_distributed, run_speed
 from .bench.targets import run_targets_job
-from .config import ConfigError
+from .config import ConfigError, check_known_keys
 from .loggers import NullLogger, rows_artifact
 from .retrieval.config import RetrievalConfigError
 from .store import ResultsStore, default_job_id
@@ -99,6 +99,7 @@ JOBS: dict[str, Callable[..., object]] = {
 
 def check(cfg: DictConfig) -> list[Callable[..., object]]:
     """The job functions of cfg.jobs, after each has validated cfg."""
+    check_known_keys(cfg)
     if len(cfg.jobs) == 0:
         raise ConfigError(f"jobs is empty; choose some of: {', '.join(JOBS)}")
     unknown = [name for name in cfg.jobs if name not in JOBS]

@@ -57,8 +57,8 @@ from ..config import ConfigError
 from ..store import ResultsStore, config_hash
 from .measure import DTYPES, Timing, _sync, peak_memory_bytes
 from .worker import death_status, oom_kill_count
-from .plan import (check_benchmark, check_device, check_hook, check_positive, check_seq_lens, check_shapes, grid,
-                   point_columns, read_variants)
+from .plan import (check_benchmark, check_device, check_hook, check_positive, check_seconds, check_seq_lens,
+                   check_shapes, grid, point_columns, read_variants)
 
 KIND = "distributed"
 MECHANISMS = ("dense", "dilated")  # what attention_impls.distributed implements
@@ -159,8 +159,7 @@ def plan_distributed(cfg: DictConfig) -> DistributedPlan:
     check_positive("distributed.calls_per_sample", dist_cfg.calls_per_sample)
     check_positive("distributed.check_max_seq_len", dist_cfg.check_max_seq_len, 0)
     for name in ("collective_timeout_s", "health_timeout_s"):
-        if not dist_cfg[name] > 0:
-            raise ConfigError(f"distributed.{name}={dist_cfg[name]} must be > 0")
+        check_seconds(f"distributed.{name}", dist_cfg[name])
     if dist_cfg.dist_backend not in DIST_BACKENDS:
         raise ConfigError(f"distributed.dist_backend={dist_cfg.dist_backend!r} must be one of: "
                           f"{', '.join(DIST_BACKENDS)}")

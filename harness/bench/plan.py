@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -58,9 +59,24 @@ def read_variants(cfg: DictConfig) -> list[Variant]:
     return variants
 
 
-def check_positive(name: str, value: Any, minimum: float = 1) -> None:
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-        raise ConfigError(f"{name}={value} must be >= {minimum:g}")
+# A count above this (heads, a length, repeats) is a typo, and past what torch's thread and shape arguments take.
+MAX_COUNT = 2**31 - 1
+# A time budget beyond a week is a typo, and past what the worker's pipe poll and the timers accept.
+MAX_SECONDS = 7 * 24 * 3600.0
+
+
+def check_positive(name: str, value: Any, minimum: float = 1, maximum: float = MAX_COUNT) -> None:
+    """A count: an int (or a whole float) in [minimum, maximum]."""
+    if (value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not minimum <= value <= maximum):
+        raise ConfigError(f"{name}={value} must be >= {minimum:g} and <= {maximum:.0f}")
+
+
+def check_seconds(name: str, value: Any) -> None:
+    """A duration: a finite number of seconds, > 0 and at most MAX_SECONDS."""
+    if (value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not 0 < value <= MAX_SECONDS):
+        raise ConfigError(f"{name}={value} must be a finite number of seconds in (0, {MAX_SECONDS:g}] (a week)")
 
 
 def check_hook(key: str, path: str) -> None:
@@ -78,9 +94,17 @@ def check_seq_lens(seq_lens: list[Any]) -> list[int]:
     if not seq_lens:
         raise ConfigError("benchmark.seq_lens is empty; give at least one sequence length")
     for seq_len in seq_lens:
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-            raise ConfigError(f"benchmark.seq_lens: {seq_len!r} must be a positive int")
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= MAX_COUNT:
+            raise ConfigError(f"benchmark.seq_lens: {seq_len!r} must be an int in [1, {MAX_COUNT}]")
+    check_distinct("benchmark.seq_lens", seq_lens)
     return sorted(seq_lens)
+
+
+def check_distinct(name: str, values: list[Any]) -> None:
+    """An axis lists each value once: a repeat would measure the same point twice."""
+    repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+    if repeated:
+        raise ConfigError(f"{name}={list(values)} repeats {', '.join(repeated)}; list each value once")
 
 
 def check_benchmark(bench: DictConfig, correctness: bool) -> None:
@@ -91,10 +115,9 @@ def check_benchmark(bench: DictConfig, correctness: bool) -> None:
         check_positive(f"benchmark.{name}", bench[name])
     check_positive("benchmark.warmup", bench.warmup, 0)
     for name in ("min_run_time_s", "timeout_s"):
-        if not bench[name] > 0:
-            raise ConfigError(f"benchmark.{name}={bench[name]} must be > 0")
+        check_seconds(f"benchmark.{name}", bench[name])
     if bench.threads is not None:
-        check_positive("benchmark.threads", bench.threads)
+        check_positive("benchmark.threads", bench.threads, maximum=4096)
     for key, allowed in (("dtypes", DTYPES), ("passes", PASSES)):
         for value in bench[key]:
             if value not in allowed:
@@ -102,6 +125,12 @@ def check_benchmark(bench: DictConfig, correctness: bool) -> None:
     for key in ("dtypes", "passes", "causal"):
         if len(bench[key]) == 0:
             raise ConfigError(f"benchmark.{key} is empty; give at least one value")
+        check_distinct(f"benchmark.{key}", list(bench[key]))
+    # the largest input (batch, N, heads, head_dim) must be a size a tensor can have
+    elements = bench.batch * max([1, *[n for n in bench.seq_lens if isinstance(n, int)]]) * bench.heads * bench.head_dim
+    if elements > 2**62:
+        raise ConfigError(f"benchmark.batch={bench.batch} x seq_len x heads={bench.heads} x head_dim={bench.head_dim} "
+                          f"is {elements:.3g} elements per input; no tensor holds more than 2^62")
     if correctness:
         for dtype in bench.dtypes:
             for tolerance in ("out_atol", "grad_atol"):

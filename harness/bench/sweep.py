@@ -31,8 +31,8 @@ from ..schema import FINAL_STATUSES
 from ..store import ResultsStore, config_hash
 from .flops import point_flops
 from .measure import DTYPES, Point, latency_columns
-from .plan import (Variant, check_benchmark, check_device, check_hook, check_positive, check_seq_lens, check_shapes,
-                   grid, point_columns, read_variants)
+from .plan import (Variant, check_benchmark, check_device, check_hook, check_positive, check_seconds, check_seq_lens,
+                   check_shapes, grid, point_columns, read_variants)
 from .worker import Worker
 
 FAILED = ("oom", "timeout")  # statuses that end a seq_len ladder
@@ -52,8 +52,10 @@ def plan_speed(cfg: DictConfig) -> SpeedPlan:
     bench = cfg.benchmark
     device = check_device(bench.device)
     check_benchmark(bench, correctness=bench.correctness.enabled)
-    if bench.worker_memory_limit_gb is not None and not bench.worker_memory_limit_gb > 0:
-        raise ConfigError(f"benchmark.worker_memory_limit_gb={bench.worker_memory_limit_gb} must be > 0 (or null)")
+    limit_gb = bench.worker_memory_limit_gb
+    if limit_gb is not None and not (math.isfinite(limit_gb) and 0 < limit_gb <= 2**20):
+        raise ConfigError(f"benchmark.worker_memory_limit_gb={limit_gb} must be a number of GiB in (0, 1048576] "
+                          f"(or null: no limit)")
     if bench.isolation not in ("process", "inline"):
         raise ConfigError(f"benchmark.isolation={bench.isolation!r} must be one of: process, inline")
     search = bench.max_seq_len.enabled
@@ -63,8 +65,7 @@ def plan_speed(cfg: DictConfig) -> SpeedPlan:
             check_positive(f"benchmark.max_seq_len.{name}", limits[name])
         if limits.limit < limits.start:
             raise ConfigError(f"benchmark.max_seq_len.limit={limits.limit} must be >= start={limits.start}")
-        if not limits.latency_budget_s > 0:
-            raise ConfigError(f"benchmark.max_seq_len.latency_budget_s={limits.latency_budget_s} must be > 0")
+        check_seconds("benchmark.max_seq_len.latency_budget_s", limits.latency_budget_s)
         seq_lens = [limits.start]
     else:
         seq_lens = check_seq_lens(list(bench.seq_lens))
@@ -72,6 +73,7 @@ def plan_speed(cfg: DictConfig) -> SpeedPlan:
         check_positive("benchmark.correctness.seq_len", bench.correctness.seq_len)
         check_positive("benchmark.correctness.batch", bench.correctness.batch)
     check_positive("benchmark.ceiling.size", bench.ceiling.size)
+    check_seconds("benchmark.ceiling.min_run_time_s", bench.ceiling.min_run_time_s)
     if bench.fault_hook:
         check_hook("benchmark.fault_hook", bench.fault_hook)
 

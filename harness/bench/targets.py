@@ -503,7 +503,7 @@ def run_targets_job(cfg, store: ResultsStore | None = None, logger: Any = None, 
     import pandas as pd
 
     from ..config import ConfigError
-    from .plan import check_hook
+    from .plan import check_hook, check_positive, check_seconds
 
     section = cfg.targets
     only = tuple(section.only)
@@ -517,10 +517,8 @@ def run_targets_job(cfg, store: ResultsStore | None = None, logger: Any = None, 
         raise ConfigError(f"targets.device={device!r} must be cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"targets.device={device}: this machine has no CUDA device")
-    if isinstance(section.threads, bool) or int(section.threads) < 1:
-        raise ConfigError(f"targets.threads={section.threads!r} must be an int >= 1")
-    if isinstance(section.timeout_s, bool) or not 0 < float(section.timeout_s) < float("inf"):
-        raise ConfigError(f"targets.timeout_s={section.timeout_s!r} must be a finite number of seconds > 0")
+    check_positive("targets.threads", section.threads, maximum=4096)
+    check_seconds("targets.timeout_s", section.timeout_s)
     if section.fault_hook:
         check_hook("targets.fault_hook", section.fault_hook)
     if check_only:

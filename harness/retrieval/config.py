@@ -32,9 +32,16 @@ def _require(condition: bool, message: str) -> None:
         raise RetrievalConfigError(message)
 
 
+MAX_INT = 2**31 - 1  # past this a count is a typo, and past what torch's shape and seed arguments take
+
+
 def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    _require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-             f"{name}={value!r} must be an int >= {minimum}")
+    _require(isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= MAX_INT,
+             f"{name}={value!r} must be an int in [{minimum}, {MAX_INT}]")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -167,7 +174,8 @@ class ModelConfig:
                  f"model.d_model={self.d_model} must be a multiple of model.heads={self.heads}")
         _require((self.d_model // self.heads) % 2 == 0,
                  f"model.d_model / model.heads = {self.d_model // self.heads} must be even (rotary rotates pairs)")
-        _require(self.rotary_base > 1, f"model.rotary_base={self.rotary_base} must be > 1")
+        _require(_finite(self.rotary_base) and self.rotary_base > 1,
+                 f"model.rotary_base={self.rotary_base} must be a finite number > 1")
 
 
 @dataclass
@@ -222,21 +230,24 @@ class TrainConfig:
         _positive_int("train.warmup_steps", self.warmup_steps, 0)
         _positive_int("train.seed", self.seed, 0)
         _positive_int("train.seeds", self.seeds)
-        _require(self.max_seconds > 0, f"train.max_seconds={self.max_seconds} must be > 0")
+        _require(_finite(self.max_seconds) and 0 < self.max_seconds <= 7 * 24 * 3600,
+                 f"train.max_seconds={self.max_seconds} must be a finite number of seconds in (0, 604800] (a week)")
         _require(isinstance(self.lrs, (list, tuple)) and len(self.lrs) > 0,
                  f"train.lrs={self.lrs!r} must list at least one learning rate, e.g. [1e-3, 3e-3, 1e-2]")
         for i, lr in enumerate(self.lrs):
             _require(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 and math.isfinite(lr),
                      f"train.lrs[{i}]={lr!r} must be a positive number")
         _require(len(set(self.lrs)) == len(self.lrs), f"train.lrs={list(self.lrs)} repeats a rate")
-        _require(0 <= self.min_lr_ratio <= 1, f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
-        _require(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be >= 0")
-        _require(self.grad_clip > 0, f"train.grad_clip={self.grad_clip} must be > 0")
-        _require(0 <= self.ceiling_margin < 1, f"train.ceiling_margin={self.ceiling_margin} must be in [0, 1)")
+        _require(_finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        _require(_finite(self.weight_decay) and self.weight_decay >= 0,
+                 f"train.weight_decay={self.weight_decay} must be a finite number >= 0")
+        _require(_finite(self.grad_clip) and self.grad_clip > 0,
+                 f"train.grad_clip={self.grad_clip} must be a finite number > 0")
+        _require(_finite(self.ceiling_margin) and 0 <= self.ceiling_margin < 1, f"train.ceiling_margin={self.ceiling_margin} must be in [0, 1)")
         _positive_int("train.plateau_patience", self.plateau_patience)
-        _require(self.plateau_min_delta >= 0, f"train.plateau_min_delta={self.plateau_min_delta} must be >= 0")
+        _require(_finite(self.plateau_min_delta) and self.plateau_min_delta >= 0, f"train.plateau_min_delta={self.plateau_min_delta} must be >= 0")
         _positive_int("train.plateau_min_steps", self.plateau_min_steps, 0)
-        _require(0 <= self.plateau_min_progress < 1,
+        _require(_finite(self.plateau_min_progress) and 0 <= self.plateau_min_progress < 1,
                  f"train.plateau_min_progress={self.plateau_min_progress} must be in [0, 1)")
         _require(self.dtype in DTYPES, f"train.dtype={self.dtype!r} is not one of {list(DTYPES)}")
         _require(self.device == "cpu" or self.device.startswith("cuda"),
@@ -351,7 +362,7 @@ class ProbeConfig:
         _require(self.device == "cpu" or self.device.startswith("cuda"),
                  f"probe.device={self.device!r} must be 'cpu' or 'cuda[:i]'")
         # The target's softmax weight is at least e^m / (e^m + seq_len); it must stay well above 1/2.
-        _require(self.margin >= math.log(self.seq_len) + 4,
+        _require(_finite(self.margin) and self.margin >= math.log(self.seq_len) + 4,
                  f"probe.margin={self.margin} is too small for probe.seq_len={self.seq_len}: the matching key "
                  f"must outweigh every other key, so margin >= ln(seq_len) + 4 = {math.log(self.seq_len) + 4:.1f}")
         _require(self.margin <= 60, f"probe.margin={self.margin} must be <= 60 (exp overflows in half precision "

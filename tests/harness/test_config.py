@@ -94,6 +94,18 @@ def test_multirun_overrides_expand_to_one_job_each():
     (["logger=wandb", "logger.mode=bogus"], "logger: logger.mode='bogus' is not a W&B mode"),
     (["logger=wandb", "logger.tags=abc"], "logger.tags='abc' must be a list of strings"),
     (["benchmark.rounds=0"], "benchmark.rounds=0 must be >= 1"),
+    (["benchmark.timeout_s=inf"], "benchmark.timeout_s=inf must be a finite number of seconds in (0, 604800]"),
+    (["benchmark.timeout_s=1e12"], "benchmark.timeout_s=1000000000000.0 must be a finite number of seconds"),
+    (["benchmark.heads=99999999999999999999"], "benchmark.heads=99999999999999999999 must be >= 1 and <= 2147483647"),
+    (["benchmark.batch=100000", "benchmark.heads=1000000", "benchmark.head_dim=100000000"], "no tensor holds more"),
+    (["+benchmark.seqlens=[99999]"], "benchmark.seqlens is not a config key (did you mean 'seq_lens'?)"),
+    (["+foo=bar"], "foo is not a config key: `+` adds a key, but nothing reads this one"),
+    (["benchmark.causal=[true,true]"], "benchmark.causal=[True, True] repeats True; list each value once"),
+    (["benchmark.seq_lens=[64,128,64]"], "benchmark.seq_lens=[64, 128, 64] repeats 64"),
+    (["benchmark.worker_memory_limit_gb=inf"], "benchmark.worker_memory_limit_gb=inf must be a number of GiB"),
+    (["jobs=[probe]", "probe.heads=99999999999999999999"], "probe.heads=99999999999999999999 must be an int in"),
+    (["jobs=[retrieval]", "model.rotary_base=inf"], "model.rotary_base=inf must be a finite number > 1"),
+    (["-m", "benchmark.timeout_s=30,inf"], "benchmark.timeout_s=inf must be"),  # checked before the good job runs
 ])
 def test_bad_command_lines_exit_2_with_one_line(argv, message, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["shootout", *argv])

@@ -90,3 +90,68 @@ def test_a_run_killed_mid_write_leaves_readable_results(tmp_path):
         assert len(frame) >= 3 and list(frame["config_hash"]) == [str(i) for i in range(len(frame))]
     for path in [*folder.glob("*.csv"), *folder.glob("parts/*.csv")]:
         assert len(pd.read_csv(path)) >= 3
+
+
+def _leaf_keys(schema, prefix=""):
+    """(dotted key, annotation) of every leaf the schema defines, nested sections included."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(schema)
+    for field in dataclasses.fields(schema):
+        key, kind = f"{prefix}{field.name}", hints[field.name]
+        if dataclasses.is_dataclass(kind):
+            yield from _leaf_keys(kind, f"{key}.")
+        else:
+            yield key, kind
+
+
+# paths.* and name write folders, the hooks import modules, experiment is Hydra's choice: given, not drawn.
+_NOT_DRAWN = ("paths.", "name", "experiment", "jobs", "logger", "variants", "attention.params")
+_DRAWN_KEYS = None
+
+
+def _drawn_keys():
+    global _DRAWN_KEYS
+    if _DRAWN_KEYS is None:
+        from harness.config import ShootoutConfig
+
+        _DRAWN_KEYS = sorted(key for key, _ in _leaf_keys(ShootoutConfig)
+                             if not key.startswith(_NOT_DRAWN) and not key.endswith("fault_hook"))
+    return _DRAWN_KEYS
+
+
+def _overrides():
+    from hypothesis import strategies as st
+
+    nasty = st.sampled_from(["0", "-1", "1", "2", "3", "64", "inf", "-inf", "nan", "1e300", "1e-300", "1e12",
+                             "99999999999999999999", "2147483648", "0.5", "true", "false", "null", "abc", "''",
+                             "[]", "[1,1]", "[64,128]", "[true,true]", "[float32]", "[forward,forward]", "cuda",
+                             "auto", "cpu", "inline", "process"])
+    setting = st.tuples(st.sampled_from(_drawn_keys()), nasty).map(lambda kv: f"{kv[0]}={kv[1]}")
+    added = st.sampled_from(["+foo=1", "+benchmark.seqlens=[9]", "+train.lr=1", "++seed=3"])
+    jobs = st.sampled_from(["[speed]", "[probe]", "[retrieval]", "[distributed]", "[targets]",
+                            "[speed,probe,retrieval]"]).map(lambda jobs: f"jobs={jobs}")
+    preset = st.sampled_from(["", "experiment=default", "experiment=decode", "benchmark=quick"])
+    return st.tuples(preset, jobs, st.lists(st.one_of(setting, added), min_size=1, max_size=4))
+
+
+def test_the_precheck_ends_every_random_command_line_in_a_config_error_or_a_runnable_config(tmp_path):
+    """Random overrides (wrong types, inf, nan, huge, repeats, unknown `+` keys) in every job: the check either
+    passes or raises ConfigError (one line, exit 2 on the command line), never another exception."""
+    from hypothesis import HealthCheck, given, settings
+
+    from harness.config import ConfigError
+    from harness.run import check
+
+    @settings(max_examples=60, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(_overrides())
+    def precheck(drawn):
+        preset, jobs, settings_ = drawn
+        overrides = [o for o in (preset, jobs, *settings_) if o] + [f"paths.results_dir={tmp_path}"]
+        try:
+            check(compose(overrides))
+        except ConfigError as error:
+            assert "\n" not in str(error).strip(), overrides
+    precheck()

@@ -27,7 +27,7 @@ def test_the_targets_job_stores_its_rows_and_reports_them(tmp_path, capsys):
     ("targets.only=[nope]", "targets.only=['nope']: ['nope'] not known; choose from: dilated_gather"),
     ("targets.dtype=int8", "targets.dtype='int8' must be one of: float32, bfloat16, float16"),
     ("targets.device=tpu", "targets.device='tpu' must be cpu or cuda"),
-    ("targets.threads=0", "targets.threads=0 must be an int >= 1"),
+    ("targets.threads=0", "targets.threads=0 must be >= 1 and <= 4096"),
 ])
 def test_bad_targets_settings_fail_before_anything_runs(override, message, tmp_path):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
