@@ -9,6 +9,7 @@ from __future__ import annotations
 import netrc
 import os
 import re
+import socket
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -89,6 +90,22 @@ def _wandb_api_key_present() -> bool:
         return False
 
 
+# How long wandb.init may try the server (W&B's own default is 90 s, and it retries past that with a bad key).
+INIT_TIMEOUT_S = 20.0
+
+
+def _unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the W&B server cannot be reached (no DNS, no route, refused), or None: a check in milliseconds that
+    spares a machine without network wandb.init's minutes of retries."""
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    host, port = url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as error:
+        return f"{host}:{port}: {error}"
+    return None
+
+
 class WandbLogger:
     """Weights & Biases tracking (logger=wandb): one run per runner job, then a report run, grouped by experiment.
 
@@ -163,8 +180,14 @@ class WandbLogger:
                       tags=[*self.tags, experiment, job], dir=str(self.dir) if self.dir else None,
                       config=dict(config), job_type=job,
                       reinit="create_new")  # one run per job: several jobs in one process never share a run
+        if mode == "online":
+            unreachable = _unreachable()
+            if unreachable:
+                warnings.warn(f"W&B server unreachable ({unreachable}); logging offline instead",
+                              RuntimeWarning, stacklevel=2)
+                mode = "offline"
         try:
-            self.run = wandb.init(mode=mode, **kwargs)
+            self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S), **kwargs)
         except Exception as error:  # noqa: BLE001 - e.g. unreachable server: fall back to offline
             if mode != "online":
                 warnings.warn(f"W&B init failed ({type(error).__name__}: {error}); continuing without tracking",
@@ -173,7 +196,8 @@ class WandbLogger:
             warnings.warn(f"W&B online init failed ({type(error).__name__}: {error}); logging offline instead",
                           RuntimeWarning, stacklevel=2)
             try:
-                self.run, mode = wandb.init(mode="offline", **kwargs), "offline"
+                self.run, mode = wandb.init(mode="offline", settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S),
+                                            **kwargs), "offline"
             except Exception as error2:  # noqa: BLE001
                 warnings.warn(f"W&B offline init failed too ({error2}); continuing without tracking",
                               RuntimeWarning, stacklevel=2)

@@ -138,6 +138,17 @@ def _hydra_job() -> tuple[str, int | None]:
     return "", None
 
 
+OPENED: list[ResultsStore] = []  # the stores of this process's jobs: what a stopped run says it saved
+
+
+def saved_rows() -> str:
+    """What the jobs of this process have written, for the line a stopped run ends with."""
+    written = [store for store in OPENED if store.rows_written]
+    if not written:
+        return "no rows were written yet"
+    return "; ".join(f"{store.rows_written} rows saved in {store.part_path}" for store in written)
+
+
 def run(cfg: DictConfig, jobs: list[Callable[..., object]] | None = None) -> ResultsStore:
     """Run cfg.jobs into one store part, each job tracked as its own logger run; then report from the whole store."""
     import pandas as pd
@@ -149,6 +160,7 @@ def run(cfg: DictConfig, jobs: list[Callable[..., object]] | None = None) -> Res
     overrides, job_num = _hydra_job()
     job_id = f"{default_job_id()}-{'' if job_num is None else f'j{job_num}-'}{uuid.uuid4().hex[:6]}"
     store = ResultsStore(cfg.paths.results_dir, cfg.name, job_id=job_id)
+    OPENED.append(store)
     # Under torchrun every rank runs this; rank 0 alone tracks the run and writes the merged results and report.
     lead = int(os.environ.get("RANK", "0")) == 0
     logger = instantiate(cfg.logger) if lead else NullLogger()

@@ -49,17 +49,35 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+class ResultsWriteError(OSError):
+    """A results file could not be written (a full disk, a read-only mount): names the file; what was written
+    before stays as it was."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(error.errno, f"cannot write {path}: {error.strerror or error}")
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException as error:
+        if tmp is not None and os.path.exists(tmp):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(error, OSError) and not isinstance(error, ResultsWriteError):
+            raise ResultsWriteError(path, error) from error
         raise
 
 
@@ -91,6 +109,11 @@ class ResultsStore:
         self._rows: list[dict[str, Any]] = []
 
     @property
+    def rows_written(self) -> int:
+        """Rows this job has appended (each append rewrites its part file whole)."""
+        return len(self._rows)
+
+    @property
     def part_path(self) -> Path:
         return self.dir / "parts" / f"{self.job_id}.parquet"
 
@@ -114,10 +137,10 @@ class ResultsStore:
             full.update(row)
             check_row(full)  # every row before any is kept: a refused batch leaves nothing behind
             checked.append(full)
-        self._rows.extend(checked)
-        frame = _frame(self._rows)
+        frame = _frame(self._rows + checked)
         write_table(frame, self.part_path)
         write_table(frame, self.part_path.with_suffix(".csv"))
+        self._rows.extend(checked)  # counted as saved once both files hold them
 
     def read(self) -> pd.DataFrame:
         """Every row of the experiment: all parts (the consolidated file is only a merged copy of them)."""

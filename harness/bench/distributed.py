@@ -56,7 +56,7 @@ from .. import environment
 from ..config import ConfigError
 from ..store import ResultsStore, config_hash
 from .measure import DTYPES, Timing, _sync, peak_memory_bytes
-from .worker import death_status, oom_kill_count
+from .worker import death_status, die_with_parent, oom_kill_count
 from .plan import (check_benchmark, check_device, check_hook, check_positive, check_seconds, check_seq_lens,
                    check_shapes, grid, point_columns, read_variants)
 
@@ -409,6 +409,7 @@ def _rank_main(rank: int, world_size: int, store_port: int, conn: multiprocessin
     import torch.distributed as dist
 
     signal.signal(signal.SIGTERM, _interrupted)
+    die_with_parent()
     broken = True
     try:
         device = _rank_device(device_type, rank, settings.threads, world_size)

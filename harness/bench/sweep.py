@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -419,7 +420,7 @@ def run_speed(cfg: DictConfig, store: ResultsStore | None = None, logger: Any = 
         return job_rows
     finally:
         if run is not None:
-            run.worker.close()
+            run.worker.close(kill=sys.exc_info()[0] is not None)  # stopped (SIGTERM, Ctrl-C): do not wait for it
 
 
 def summary_table(rows: pd.DataFrame, recorded: int, skipped_resume: int, store: ResultsStore, elapsed_s: float):

@@ -103,8 +103,25 @@ def _last_line(path: Path | None) -> str:
     return lines[-1][:300] if lines else ""
 
 
+def die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this process when the process that started it dies (kill -9 included), so no
+    worker or rank outlives its run; elsewhere a no-op (the pipe's EOF still stops an idle worker)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def _serve(connection, memory_limit_bytes: int | None, stderr_path: str | None = None) -> None:
     """Worker main loop: import once, optionally cap the data segment, then answer requests until told to stop."""
+    die_with_parent()
     if stderr_path is not None:
         # fd 2 itself, so what C libraries print before they exit (libgomp, allocators) is kept for the reason
         log = os.open(stderr_path, os.O_WRONLY | os.O_APPEND)
@@ -254,5 +271,5 @@ class Worker:
     def __enter__(self) -> "Worker":
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        self.close(kill=exc_type is not None)  # stopped or failed: do not wait for the point in flight

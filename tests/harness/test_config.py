@@ -1,5 +1,8 @@
 """Every file in conf/ composes against the structured schema, every preset plans, and bad input is refused."""
 
+import errno
+import os
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -153,3 +156,34 @@ def test_blocked_offsets_are_checked_at_the_probes_shape_before_it_runs(tmp_path
                    "variants.dilated_32_64_128.params.dilation_rates=[2,2,2]"])
     with pytest.raises(ConfigError, match="probe: .*in no branch"):
         check(cfg)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_disk_that_fills_or_turns_read_only_mid_run_ends_in_one_line(code, tmp_path, monkeypatch, capsys):
+    """The third write fails as a full disk (or a read-only remount) would: one line naming the file, exit 1, and
+    the rows written before it stay readable."""
+    import pandas as pd
+
+    writes = {"count": 0}
+    real = pd.DataFrame.to_parquet
+
+    def failing(frame, path, *args, **kwargs):
+        writes["count"] += 1
+        if writes["count"] >= 2:
+            raise OSError(code, os.strerror(code))
+        return real(frame, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", failing)
+    monkeypatch.setattr("harness.run.OPENED", [])
+    monkeypatch.setattr("sys.argv", ["shootout", "benchmark=quick", "benchmark.seq_lens=[32,64]",
+                                     "benchmark.passes=[forward]", "benchmark.isolation=inline", "benchmark.heads=2",
+                                     "benchmark.head_dim=16", "benchmark.min_run_time_s=0.002",
+                                     "benchmark.correctness.seq_len=32", f"paths.results_dir={tmp_path}", "name=disk"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    part = next((tmp_path / "disk" / "parts").glob("*.parquet"))
+    assert last == f"shootout: error: cannot write {part}: {os.strerror(code)}; 1 rows saved in {part}", last
+    assert list(pd.read_parquet(part)["seq_len"]) == [32]
+    assert not list(part.parent.glob(".*.tmp"))

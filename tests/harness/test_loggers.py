@@ -117,3 +117,18 @@ def test_under_a_sweep_agent_every_job_logs_into_one_run_finished_after_the_repo
     logger.finish()
     assert logger.run is None
     assert len(list((offline / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_an_api_key_without_a_reachable_server_logs_offline_at_once(offline, monkeypatch):
+    """A key (even a bogus one) and no network: wandb.init would retry for minutes; the run goes offline now."""
+    import time
+
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", "bogus" + "0" * 35)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+    logger = WandbLogger(dir=offline)
+    started = time.monotonic()
+    with pytest.warns(RuntimeWarning, match="W&B server unreachable .*127.0.0.1:9.*logging offline instead"):
+        logger.start({"seed": 0}, "e", "speed", "e/speed")
+    assert logger._offline and time.monotonic() - started < 30
+    logger.finish()

@@ -155,3 +155,39 @@ def test_the_precheck_ends_every_random_command_line_in_a_config_error_or_a_runn
         except ConfigError as error:
             assert "\n" not in str(error).strip(), overrides
     precheck()
+
+
+@pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_a_stopped_run_keeps_its_rows_says_so_and_leaves_no_process_behind(sent, tmp_path):
+    """The run is stopped while its worker hangs in a point: SIGTERM and Ctrl-C end it with one line naming
+    what was saved and exit code 128 + the signal; even kill -9 of the run takes its worker and the resource
+    tracker with it (the kernel's parent-death signal)."""
+    import psutil
+
+    command = [sys.executable, "-m", "harness", "benchmark=quick", "benchmark.seq_lens=[64,128]",
+               "benchmark.passes=[forward]", *[o for o in SHRINK if "isolation" not in o], "report=false",
+               "benchmark.fault_hook=shootout_faults:hang_at_128", f"paths.results_dir={tmp_path}", "name=stopped"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests" / "harness" / "bench")}
+    runner = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    parts = tmp_path / "stopped" / "parts"
+    try:
+        deadline = time.monotonic() + 120
+        while not list(parts.glob("*.parquet")) and time.monotonic() < deadline:  # N=64 recorded: 128 hangs now
+            time.sleep(0.2)
+        time.sleep(1.0)
+        children = psutil.Process(runner.pid).children(recursive=True)
+        assert children, "the worker should be running"
+        os.kill(runner.pid, sent)
+        _, err = runner.communicate(timeout=60)
+    finally:
+        runner.kill()
+    if sent != signal.SIGKILL:
+        assert runner.returncode == 128 + sent, err[-3000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith(f"shootout: stopped by {sent.name}: 1 rows saved in {parts}"), last
+        assert "Traceback" not in err
+    psutil.wait_procs(children, timeout=10)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    rows = pd.read_parquet(next(parts.glob("*.parquet")))
+    assert list(rows["seq_len"]) == [64] and list(rows["status"]) == ["ok"]
