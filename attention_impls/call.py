@@ -10,11 +10,12 @@ two unrelated sequences (cross-attention): the spec defines it for dense, non-ca
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .mechanisms.base import check_scale
 
 # The features a call may use; a backend declares the ones it implements in `supports`.
 FEATURE_WORDS = {
@@ -164,9 +165,7 @@ def make_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: Any 
             raise ValueError(f"key_lengths={lengths.tolist()} must be in [0, {key_len}]")
         beyond = torch.arange(key_len, device=q.device)[None] >= lengths[:, None]
         padding = beyond if padding is None else padding | beyond
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
-                              or not math.isfinite(scale) or not 0 < scale < 1e30):
-        raise ValueError(f"scale={scale!r} must be a positive finite number (below 1e30), or None")
+    check_scale(scale)
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0 <= dropout_p < 1:
         raise ValueError(f"dropout_p={dropout_p!r} must be a number in [0, 1)")
     mask = None

@@ -58,6 +58,9 @@ class AttentionBackend:
     # Features of a call (attention_impls.call.FEATURES) this backend implements in `forward_call`. Per-call scale
     # and grouped heads work with every backend (Attention rescales q, or repeats k and v, for those without).
     supports: ClassVar[frozenset[str]] = frozenset()
+    # True where the kernel can return finite outputs although a query or a key it sees is NaN or Inf (FlexAttention
+    # masks them away): Attention then checks the inputs of every call, not only the outputs.
+    hides_non_finite: ClassVar[bool] = False
 
     def __init__(self, params: AttentionParams) -> None:
         self.params = params
@@ -299,9 +302,35 @@ class Attention(torch.nn.Module):
             group = num_heads // call.kv_heads  # query head h uses key/value head h // group (torch, HF)
             k, v = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
             call = replace(call, kv_heads=num_heads)
-        if not call.features:
-            return impl.forward(q, k, v, causal)
-        return impl.forward_call(q, k, v, call)
+        def attend(q, k, v):
+            return impl.forward(q, k, v, causal) if not call.features else impl.forward_call(q, k, v, call)
+
+        out = attend(q, k, v)
+        # The spec's "Non-finite inputs". A kernel scores a masked pair as weight 0, and 0 x NaN is NaN, so a bad
+        # key or value can reach queries that never see it; torch's CPU flash kernel returns 0 for a NaN query.
+        # Sums find either in one pass (a decoding step reads only its visible keys: its output tells), and the
+        # rare call they flag is rerun with the bad inputs zeroed, the spec's reach marking the outputs they reach.
+        with torch.no_grad():
+            total = out.sum(dtype=torch.float32) + q.sum(dtype=torch.float32)
+            if "decode" not in call.features or impl.hides_non_finite:
+                total = total + k.sum(dtype=torch.float32) + v.sum(dtype=torch.float32)
+        if impl.hides_non_finite or not bool(torch.isfinite(total)):
+            out = _contain_non_finite(get_mechanism(self.mechanism), self.params, q, k, v, call, out, attend)
+        return out
+
+
+def _contain_non_finite(mechanism, params, q, k, v, call: Call, out: torch.Tensor, attend) -> torch.Tensor:
+    """The spec's "Non-finite inputs": a NaN or Inf reaches exactly the outputs of the queries that see it."""
+    reached = mechanism.non_finite_reach(params, q, k, v, call)
+    if reached is None:
+        return out  # finite inputs (an overflow in the scores is the kernel's own result)
+
+    def zeroed(tensor):
+        return torch.where(torch.isfinite(tensor).all(-1, keepdim=True), tensor, 0.0)
+
+    clean = attend(zeroed(q), zeroed(k), zeroed(v))
+    marked = torch.where(torch.isfinite(out), torch.full_like(out, float("nan")), out)  # keep a kernel's own +-inf
+    return torch.where(reached[..., None], marked, clean)
 
 
 def _keys_in_reach(mechanism, params, k: torch.Tensor, v: torch.Tensor, call: Call):

@@ -26,11 +26,18 @@ def suggest(value: str, choices: Sequence[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+# A larger scale turns any non-zero score into an overflow (float32's range ends at 3.4e38): every row NaN.
+MAX_SCALE = 1e30
+
+
 def check_scale(scale: Any) -> float | None:
+    """A build-time or per-call scale: positive, finite, below MAX_SCALE; None means 1/sqrt(head_dim)."""
     if scale is None:
         return None
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale={scale!r} must be a positive finite number, or None for 1/sqrt(head_dim)")
+    if (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale)
+            or not 0 < scale < MAX_SCALE):
+        raise ValueError(f"scale={scale!r} must be a positive finite number below {MAX_SCALE:g}, or None for "
+                         f"1/sqrt(head_dim)")
     return float(scale)
 
 
@@ -169,6 +176,38 @@ class Mechanism:
         if call.attn_mask is not None and call.attn_mask.dtype == torch.bool:
             count = count * call.attn_mask
         return count
+
+    def non_finite_reach(self, params, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         call) -> torch.Tensor | None:
+        """(B, L, H) bool: the queries whose output a NaN or Inf among the inputs reaches by the spec (a query of
+        its own, or a key or value it sees), or None when every input is finite. Visibility is read one column
+        per non-finite key, never as an L x M matrix."""
+        bad_queries = ~torch.isfinite(q).all(-1)
+        bad_keys = ~(torch.isfinite(k).all(-1) & torch.isfinite(v).all(-1))  # (B, M, H_kv)
+        if not bad_queries.any() and not bad_keys.any():
+            return None
+        reached = bad_queries.clone()
+        num_heads, group = q.shape[2], q.shape[2] // k.shape[2]
+        seen = call.key_seen(q.device)
+        if call.query_offset is not None:
+            query_positions, key_positions = call.positions(q.device)
+        for b in range(q.shape[0]):
+            columns = bad_keys[b].any(-1).nonzero().flatten()
+            if seen is not None:
+                columns = columns[seen[b if seen.shape[0] > 1 else 0, columns]]
+            for chunk in columns.split(256):
+                if call.query_offset is None:  # unrelated sequences (dense only): every query sees every key
+                    sees = torch.ones(num_heads, q.shape[1], len(chunk), dtype=torch.bool, device=q.device)
+                else:
+                    row = b if query_positions.shape[0] > 1 else 0
+                    sees = self.reference_visible(params, query_positions[row], key_positions[row][chunk],
+                                                  num_heads, call.causal, call.key_length) > 0
+                if call.attn_mask is not None and call.attn_mask.dtype == torch.bool:
+                    mask = call.attn_mask.expand(q.shape[0], num_heads, q.shape[1], k.shape[1])
+                    sees = sees & mask[b][:, :, chunk]
+                bad = bad_keys[b, chunk].repeat_interleave(group, dim=1).T  # (H, chunk): query head h uses h // group
+                reached[b] |= (sees & bad[:, None, :]).any(-1).T
+        return reached
 
     def reference_weights(self, q: torch.Tensor, k: torch.Tensor, params, call) -> torch.Tensor:
         """(B, H, L, M) float64 attention weights of a call, before dropout: one softmax over the multiset of keys

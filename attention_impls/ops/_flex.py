@@ -23,6 +23,7 @@ def compiled_flex_attention() -> Callable:
 
 class FlexBackend(AttentionBackend):
     needs_compile = True
+    hides_non_finite = True  # a NaN score is masked like an unseen one
     dtypes = frozenset({torch.float32, torch.float16, torch.bfloat16})
     backward_devices = frozenset({"cuda"})
 

@@ -171,7 +171,7 @@ def test_every_backend_takes_a_per_call_scale_and_grouped_heads():
     (dict(key_padding_mask=torch.zeros(2, 11, dtype=torch.bool)), ValueError, "must have shape (batch, keys) = (2, 12)"),
     (dict(key_lengths=[3, 13]), ValueError, "key_lengths=[3, 13] must be in [0, 12]"),
     (dict(scale=float("inf")), ValueError, "scale=inf must be a positive finite number"),
-    (dict(scale=1e300), ValueError, "scale=1e+300 must be a positive finite number (below 1e30)"),
+    (dict(scale=1e300), ValueError, "scale=1e+300 must be a positive finite number below 1e+30"),
     (dict(dropout_p=1.0), ValueError, "dropout_p=1.0 must be a number in [0, 1)"),
     (dict(attn_mask=torch.zeros(3, 12, 12)), ValueError, "attn_mask of shape (3, 12, 12) does not broadcast"),
 ])
@@ -289,3 +289,66 @@ def test_a_dilated_decoding_step_reads_its_visible_keys_not_the_cache():
     with torch.no_grad():
         attn(q, k, v, causal=True, query_offset=1023)
     assert attn.backend == "gather"
+
+
+def _rows_non_finite(out: torch.Tensor) -> torch.Tensor:
+    return ~torch.isfinite(out).all(-1)
+
+
+CPU_BACKENDS = [(mechanism, info.name) for mechanism in PARAMS for info in ai.backends(mechanism)
+                if info.available and "cpu" in info.devices and not ai.registry.get_backend_class(
+                    mechanism, info.name).needs_compile and info.name != "reference"]
+
+
+@pytest.mark.parametrize("mechanism, backend", CPU_BACKENDS)
+@given(keys=st.integers(2, 40), causal=st.booleans(), poisoned=st.sampled_from(["q", "k", "v"]),
+       value=st.sampled_from([float("nan"), float("inf")]), where=st.data())
+@settings(max_examples=25, deadline=None)
+def test_a_non_finite_input_reaches_exactly_the_outputs_that_see_it(mechanism, backend, keys, causal, poisoned,
+                                                                   value, where):
+    """The spec's "Non-finite inputs", on every CPU backend: a NaN in q, k or v, or an Inf in a value, makes
+    exactly the reference's rows non-finite (a masked pair's 0 x NaN must not leak), and the other rows agree."""
+    if poisoned == "k" and value == float("inf"):
+        value = float("nan")  # an Inf key can score -inf, weight 0 (finite in the reference): see the closing note
+    tensors = dict(zip("qkv", _qkv(batch=2, queries=keys, keys=keys, dtype=torch.float32, seed=keys)))
+    row = where.draw(st.integers(0, keys - 1))
+    tensors[poisoned][where.draw(st.integers(0, 1)), row, where.draw(st.integers(0, 3)), 0] = value
+    attn = ai.build(mechanism, backend, **PARAMS[mechanism])
+    try:
+        attn.resolve(torch.device("cpu"), torch.float32, causal, False, 8, keys)
+    except RuntimeError:
+        return  # a shape or mode this backend declares it cannot take
+    expected = ai.build(mechanism, "reference", **PARAMS[mechanism])(
+        *(tensors[name].double() for name in "qkv"), causal=causal)
+    out = attn(tensors["q"], tensors["k"], tensors["v"], causal=causal)
+    assert torch.equal(_rows_non_finite(out), _rows_non_finite(expected)), (backend, poisoned)
+    finite = ~_rows_non_finite(expected)
+    assert torch.allclose(out[finite].double(), expected[finite], atol=1e-4)
+
+
+@given(calls(), st.sampled_from(["q", "k", "v"]), st.data())
+@settings(max_examples=40, deadline=None)
+def test_a_nan_reaches_exactly_the_outputs_that_see_it_in_any_call(case, poisoned, where):
+    """Query blocks, offsets, padding (a padded NaN key is never seen), grouped heads: the backend that takes
+    every feature marks the reference's rows, no more."""
+    mechanism, batch, heads, kv_heads, queries, keys, options, seed = case
+    tensors = dict(zip("qkv", _qkv(batch, queries, keys, heads, kv_heads, seed=seed)))
+    target = tensors[poisoned]
+    target[where.draw(st.integers(0, batch - 1)), where.draw(st.integers(0, target.shape[1] - 1)),
+           where.draw(st.integers(0, target.shape[2] - 1)), 0] = float("nan")
+    expected = ai.build(mechanism, "reference", **PARAMS[mechanism])(tensors["q"], tensors["k"], tensors["v"],
+                                                                       **options)
+    out = ai.build(mechanism, FULL[mechanism], **PARAMS[mechanism])(tensors["q"], tensors["k"], tensors["v"],
+                                                                     **options)
+    assert torch.equal(_rows_non_finite(out), _rows_non_finite(expected))
+    finite = ~_rows_non_finite(expected)
+    assert torch.allclose(out[finite], expected[finite], atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["chunked", "masked_sdpa"])
+def test_a_window_past_any_length_is_dense_and_a_scale_that_overflows_is_refused(backend):
+    q, k, v = _qkv(batch=1, queries=16, keys=16, dtype=torch.float32)
+    wide = ai.build("sliding_window", backend, window=2**63)(q, k, v, causal=True)
+    assert torch.allclose(wide, ai.build("dense", "sdpa")(q, k, v, causal=True), atol=1e-5)
+    with pytest.raises(ValueError, match="below 1e\\+30"):
+        ai.build("sliding_window", backend, window=4)(q, k, v, scale=1e300)

@@ -19,6 +19,7 @@ import attention_impls as ai
         ("dilated", {"segment_lengths": [8, 16], "dilation_rates": [2, 4]}, r"leave position 0 of head 1 in no branch.*add a branch with dilation rate 1"),
         ("dilated", {"segment_lengths": [8], "dilation_rates": [1], "segment_length": 3}, r"did you mean"),
         ("dense", {"scale": -1.0}, r"scale=-1.0 must be a positive"),
+        ("sliding_window", {"window": 8, "scale": 1e300}, r"scale=1e\+300 must be a positive finite number below"),
         ("dense", {"window": 3}, r"unexpected parameter 'window'"),
     ],
 )
