@@ -38,6 +38,9 @@ ROUNDS = 3  # interleaved rounds per ratio; the value reported is the median of 
 DILATED = {"segment_lengths": [2048, 4096, 8192], "dilation_rates": [1, 2, 4]}
 PAPER = {"segment_lengths": [2048, 4096, 8192, 16384, 32768], "dilation_rates": [1, 2, 4, 6, 12]}
 SMOKE_DILATED = {"segment_lengths": [64, 128, 256], "dilation_rates": [1, 2, 4]}
+# Small N: the patterns of a short-context shootout (N = 64..1024), each through backend=None and masked SDPA.
+SMALL_N_PARAMS = {"sliding_window": {"window": 64}, "longformer": {"window": 32, "global_tokens": 4},
+                  "dilated": {"segment_lengths": [64, 128, 256], "dilation_rates": [1, 2, 4]}}
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ class Sizes:
     window_n: int = 16384
     pick_n: int = 8192
     flash_n: int = 131072  # the GPU target: dilated against dense flash attention
+    small_ns: tuple = (64, 128, 256, 512, 1024)
+    small_n_run_time_s: float = 0.3  # per timing: calls of microseconds, thousands per timing
+    decode_ns: tuple = (4096, 65536)  # a decoding step against a cache of each length
     min_run_time_s: float = 2.0
     ceiling_size: int = 2048
     dilated: tuple = tuple(DILATED.items())
@@ -58,7 +64,8 @@ class Sizes:
 
 
 SMOKE = Sizes(heads=2, head_dim=16, dilated_n=1024, scaling_small_n=512, scaling_large_n=2048, window=32,
-              window_n=512, pick_n=512, flash_n=1024, min_run_time_s=0.05, ceiling_size=256,
+              window_n=512, pick_n=512, flash_n=1024, small_ns=(64, 128), small_n_run_time_s=0.02,
+              decode_ns=(256, 1024), min_run_time_s=0.05, ceiling_size=256,
               dilated=tuple(SMOKE_DILATED.items()), paper=tuple(SMOKE_DILATED.items()))
 
 
@@ -114,6 +121,9 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     *(Measurement(f"auto_pick.{mechanism}", "auto_pick", "auto_pick", (("mechanism", mechanism),))
       for mechanism in ai.MECHANISMS),
     Measurement("dilated_vs_flash", "dilated_vs_flash", "dilated_against_flash"),
+    *(Measurement(f"small_n.{mechanism}", "small_n", "small_n", (("mechanism", mechanism),))
+      for mechanism in SMALL_N_PARAMS),
+    Measurement("decode", "decode", "decode"),
 )
 
 _ROUNDS_NOTE = "medians of {rounds} interleaved rounds"
@@ -153,6 +163,23 @@ TARGETS: tuple[Target, ...] = (
            "dilated_vs_flash", "dilated_flops_per_s", "dense_flops_per_s", ">=", 0.70,
            "forward, not causal: {dilated_flops_per_s_gflops:.1f} vs {dense_flops_per_s_gflops:.1f} GFLOP/s ("
            + _ROUNDS_NOTE + ")", issue_on=("cuda",)),
+    *(Target(f"small_n.{mechanism}", f"{mechanism} at small N: backend=None time / masked SDPA's, the worst N and pass",
+             f"small_n.{mechanism}", "worst_ratio", "one", "<=", 1.0,
+             "N={small_ns}, forward and forward+backward, causal; picked/masked per point: {listing}")
+      for mechanism in SMALL_N_PARAMS),
+    Target("decode.window_flat", "decode, sliding window {window}: step time at N={large_n} / at N={small_n}",
+           "decode", "window_large_s", "window_small_s", "<=", 1.5,
+           "{window_large_s_ms:.3f} vs {window_small_s_ms:.3f} ms (" + _ROUNDS_NOTE + ")"),
+    Target("decode.dilated_follows_keys", "decode, dilated paper config: step-time growth / visible-key growth, "
+           "N={small_n} to {large_n}", "decode", "dilated_growth", "keys_growth", "<=", 1.0,
+           "{dilated_small_s_ms:.3f} -> {dilated_large_s_ms:.3f} ms while the visible keys grow {keys_small} -> "
+           "{keys_large} (" + _ROUNDS_NOTE + ")"),
+    Target("decode.window_vs_sdpa", "decode at N={large_n}: sliding window {window} / SDPA over the full cache",
+           "decode", "window_large_s", "dense_large_s", "<=", 1.0,
+           "{window_large_s_ms:.3f} vs {dense_large_s_ms:.3f} ms"),
+    Target("decode.dilated_vs_sdpa", "decode at N={large_n}: dilated paper config / SDPA over the full cache",
+           "decode", "dilated_large_s", "dense_large_s", "<=", 1.0,
+           "{dilated_large_s_ms:.3f} vs {dense_large_s_ms:.3f} ms"),
 )
 GROUPS = tuple(dict.fromkeys(m.group for m in MEASUREMENTS))
 DEFAULT_GROUPS = [g for g in GROUPS if g != "dilated_vs_flash"]  # every device; a GPU adds dilated_vs_flash
@@ -202,8 +229,12 @@ class Bench:
             call()  # warm-up (and compile)
             return time_call(call, self.sizes.min_run_time_s, min_repeats=3)
 
-    def seconds(self, call: Callable[[], Any], grad: bool = False) -> float:
-        return self.time(call, grad).median_s
+    def seconds(self, call: Callable[[], Any], grad: bool = False, min_run_time_s: float | None = None) -> float:
+        if min_run_time_s is None:
+            return self.time(call, grad).median_s
+        with torch.inference_mode(not grad):
+            call()
+            return time_call(call, min_run_time_s, min_repeats=3).median_s
 
     def ceiling(self, min_run_time_s: float = 0.5) -> float:
         """The matmul ceiling measured now: the shared machine's speed drifts between minutes."""
@@ -306,6 +337,67 @@ def measure_gather_forward_backward(bench: Bench) -> dict[str, Any]:
                    bare_forward_backward_s=bench.seconds(bare_kernels(backward=True)),
                    bare_forward_s=bench.seconds(bare_kernels(backward=False))) for _ in range(ROUNDS)]
     return {"rounds": rounds, "facts": {"seq_len": n}}
+
+
+def measure_small_n(bench: Bench, mechanism: str) -> dict[str, Any]:
+    """backend=None against masked SDPA (the pattern's plain baseline) at each small N, forward and
+    forward+backward, causal; where backend=None picks masked SDPA, that one timing serves both sides."""
+    params, sizes = SMALL_N_PARAMS[mechanism], bench.sizes
+    points = []
+    for seq_len in sizes.small_ns:
+        for grad in (False, True):
+            q, k, v, grad_out = bench.inputs(seq_len, requires_grad=grad)
+            picked = ai.build(mechanism, None, **params)
+            name = picked.resolve(q.device, q.dtype, True, grad, q.shape[-1], seq_len)
+            masked = ai.build(mechanism, "masked_sdpa", **params)
+
+            def call(attn, q=q, k=k, v=v, grad_out=grad_out, grad=grad):
+                if grad:
+                    return lambda: torch.autograd.grad(attn(q, k, v, causal=True), (q, k, v), grad_out)
+                return lambda: attn(q, k, v, causal=True)
+            points.append((seq_len, grad, name, call(picked), call(masked)))
+    rounds, listing = [], {}
+    for _ in range(ROUNDS):
+        ratios = []
+        for seq_len, grad, name, picked_call, masked_call in points:
+            masked_s = bench.seconds(masked_call, grad, sizes.small_n_run_time_s)
+            picked_s = masked_s if name == "masked_sdpa" else bench.seconds(picked_call, grad,
+                                                                            sizes.small_n_run_time_s)
+            ratios.append(picked_s / masked_s)
+            listing.setdefault((seq_len, grad, name), []).append(picked_s / masked_s)
+        rounds.append(dict(worst_ratio=max(ratios), one=1.0))
+    text = ", ".join(f"{n}{' fwd+bwd' if g else ''} {name} {statistics.median(r):.2f}"
+                     for (n, g, name), r in listing.items())
+    return {"rounds": rounds, "facts": {"small_ns": list(sizes.small_ns), "listing": text}}
+
+
+def measure_decode(bench: Bench) -> dict[str, Any]:
+    """One decoding step (a query at N - 1 against N cached keys, causal) at a short and a long cache: the
+    window's and the paper configuration's time, and SDPA's over the whole long cache."""
+    sizes = bench.sizes
+    small, large = sizes.decode_ns
+    paper = dict(sizes.paper)
+    steppers = {"window": ai.build("sliding_window", None, window=sizes.window),
+                "dilated": ai.build("dilated", None, **paper), "dense": ai.build("dense", "sdpa")}
+    query = bench.inputs(1, seed=1)[0]
+    caches = {n: bench.inputs(n)[1:3] for n in (small, large)}
+    visible = get_mechanism("dilated")
+    keys = {n: sum(len(head) for head in visible.visible_keys(visible.make_params(**paper), n - 1, n,
+                                                               sizes.heads, True)) for n in (small, large)}
+
+    def step(name: str, seq_len: int) -> Callable[[], Any]:
+        k, v = caches[seq_len]
+        return lambda: steppers[name](query, k, v, causal=True, query_offset=seq_len - 1)
+
+    rounds = []
+    for _ in range(ROUNDS):
+        times = {f"{name}_{size}_s": bench.seconds(step(name, n)) for name in ("window", "dilated")
+                 for size, n in (("small", small), ("large", large))}
+        times["dense_large_s"] = bench.seconds(step("dense", large))
+        rounds.append(dict(times, dilated_growth=times["dilated_large_s"] / times["dilated_small_s"],
+                           keys_growth=keys[large] / keys[small]))
+    return {"rounds": rounds, "facts": {"small_n": small, "large_n": large, "window": sizes.window,
+                                        "keys_small": keys[small], "keys_large": keys[large]}}
 
 
 def measure_paper_scaling(bench: Bench) -> dict[str, Any]:
