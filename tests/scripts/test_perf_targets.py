@@ -18,17 +18,17 @@ def test_smoke_run_measures_every_target_and_stores_rows(tmp_path, capsys):
     spec.loader.exec_module(module)
     assert module.main(["--smoke", "--results-dir", str(tmp_path)]) == 0
     rows = pd.read_parquet(tmp_path / "perf_targets" / "results.parquet")
-    # 18 targets (7 of them small N and decoding) plus one backend=None pick per mechanism
+    # 19 targets (7 of them small N and decoding) plus one backend=None pick per mechanism
     per_mechanism = len(ai.MECHANISMS)
-    assert len(rows) == 18 + per_mechanism and set(rows["kind"]) == {"perf_target"}
+    assert len(rows) == 19 + per_mechanism and set(rows["kind"]) == {"perf_target"}
     assert rows["measured"].notna().all() and (rows["measured"] > 0).all()
     printed = capsys.readouterr().out
-    assert printed.count("target") >= 18 + per_mechanism and f"of {15 + per_mechanism} issue targets met" in printed
-    assert rows["issue_target"].sum() == 15 + per_mechanism  # context: the bidirectional window, the GPU target on CPU
+    assert printed.count("target") >= 19 + per_mechanism and f"of {16 + per_mechanism} issue targets met" in printed
+    assert rows["issue_target"].sum() == 16 + per_mechanism  # context: the bidirectional window, the GPU target on CPU
     assert rows["target_key"].is_unique and rows["target_key"].str.fullmatch(r"[a-z_]+(\.[a-z_]+)+").all()
     # every ratio taken over interleaved rounds keeps their spread; the median lies inside it
     in_rounds = rows[rows["round_count"].notna()]
-    assert len(in_rounds) == 16 and set(in_rounds["round_count"]) == {2, 3}  # 1M scaling: two brackets
+    assert len(in_rounds) == 17 and set(in_rounds["round_count"]) == {2, 3}  # 1M scaling: two brackets
     assert ((in_rounds["round_min"] <= in_rounds["measured"]) & (in_rounds["measured"] <= in_rounds["round_max"])).all()
     assert "of 3 meet it" in printed
     for row in rows.to_dict("records"):  # each target's two quantities are among what its measurement returned
