@@ -82,10 +82,11 @@ class Piece:
 
 def kernel_pieces(params: DilatedParams, seq_len: int, num_heads: int, head_major: bool) -> list[Piece]:
     """The plan as the kernel calls take it. Head-major gathers copy every branch, rate 1 too, so each call
-    holds at most 1/8 of the sequence's rows of all heads: the copies stay small next to the output."""
+    holds at most 1/8 of the sequence's rows of all heads (the copies stay small next to the output), and never
+    less than 2^15 rows x heads (short sequences: more calls would cost more than the memory they save)."""
     if not head_major:
         return plan(params, seq_len, num_heads)
-    budget = max(1, seq_len * num_heads // 8)  # rows x heads one call may gather
+    budget = max(seq_len * num_heads // 8, 1 << 15)  # rows x heads one call may gather
     pieces = []
     for piece in plan(params, seq_len, num_heads):
         heads = len(range(num_heads)[piece._heads()])

@@ -225,10 +225,12 @@ class Attention(torch.nn.Module):
 
     def resolve(self, device: torch.device, dtype: torch.dtype, causal: bool, requires_grad: bool,
                 head_dim: int | None = None, seq_len: int | None = None,
-                features: frozenset[str] = frozenset()) -> str:
+                features: frozenset[str] = frozenset(), batch_heads: int | None = None,
+                query_len: int | None = None) -> str:
         """The backend name to run for these inputs; raises with every candidate's reasons when none fits.
 
-        seq_len: the sequence length, where known; a short one puts the mechanism's small_n_priority first."""
+        seq_len (keys; with batch_heads = batch x heads and query_len), where known: a small call puts the
+        mechanism's small_n_priority first (Mechanism.small_n_size says what is small)."""
         if self.requested_backend is not None:
             cls = get_backend_class(self.mechanism, self.requested_backend)
             reasons = cls.not_supported_reasons(device, dtype, causal, requires_grad, head_dim, features)
@@ -239,8 +241,10 @@ class Attention(torch.nn.Module):
                     f"{_fitting_names(self.mechanism, device, dtype, causal, requires_grad, head_dim, features) or 'none'}"
                 )
             return self.requested_backend
-        up_to, short_first = get_mechanism(self.mechanism).small_n_priority.get(device.type, (0, ()))
-        short = seq_len is not None and seq_len <= up_to
+        mechanism = get_mechanism(self.mechanism)
+        up_to, short_first = mechanism.small_n_priority.get(device.type, (0, ()))
+        size = None if seq_len is None else mechanism.small_n_size(seq_len, batch_heads, query_len)
+        short = size is not None and size <= up_to
         key = (str(device), _dtype_name(dtype), requires_grad, head_dim, short)
         if features - FALLBACKS:  # a call with padding, positions, ... may need another backend
             key = (*key, tuple(sorted(features - FALLBACKS)))
@@ -291,7 +295,7 @@ class Attention(torch.nn.Module):
         requires_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         features = call.features
         name = self.resolve(q.device, q.dtype, causal, requires_grad, head_dim=q.shape[-1], seq_len=key_len,
-                            features=features)
+                            batch_heads=q.shape[0] * num_heads, query_len=q.shape[1], features=features)
         self.backend = name
         impl = self._impl(name)
         if "scale" in features and "scale" not in impl.supports:

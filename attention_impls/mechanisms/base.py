@@ -103,13 +103,26 @@ class Mechanism:
     # backend=None tries these, per device type, fastest first (measured: results/perf/NOTES.md); a device
     # missing here tries every registered backend but the reference, in registration order.
     priority: ClassVar[dict[str, tuple[str, ...]]] = {}
-    # Up to N (inclusive), these backends go first on that device: at short sequences one masked call wins.
+    # Up to a size (inclusive), these backends go first on that device: for short sequences one masked call wins.
+    # The size is `small_n_size`: N, or B x H x N^2 where the fast backends' cost per call does not grow with the
+    # batch while a masked call's does (the crossover then moves with B and H: results/perf/NOTES.md).
     small_n_priority: ClassVar[dict[str, tuple[int, tuple[str, ...]]]] = {}
+    small_n_by: ClassVar[str] = "seq_len"  # "seq_len" or "scores" (B x H x N^2)
     # A small configuration for demos and checks (python -m attention_impls.demo)
     example_params: ClassVar[dict[str, Any]] = {}
     # The parameters of the `attention=<mechanism>_<backend>` config nodes (harness/config.py registers one
     # per backend from the registry); a sweep overrides them with attention.params.<key>=...
     config_params: ClassVar[dict[str, Any]] = {}
+
+    def small_n_size(self, seq_len: int, batch_heads: int | None, query_len: int | None = None) -> int | None:
+        """What small_n_priority bounds for a call with seq_len keys, batch x heads and query_len queries (None:
+        not known): N, or the scores a masked call computes, B x H x N^2. Only whole-sequence calls were measured:
+        a query block or a decoding step (query_len != seq_len) reads the keys in its reach, so it is never small."""
+        if query_len is not None and query_len != seq_len:
+            return None
+        if self.small_n_by == "seq_len":
+            return seq_len
+        return None if batch_heads is None else batch_heads * seq_len * seq_len
 
     def make_params(self, **params: Any):
         """required: validate user parameters (each error names the value and what is allowed)."""

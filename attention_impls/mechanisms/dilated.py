@@ -170,8 +170,10 @@ class Dilated(Mechanism):
     per_head = True
     # CPU: gather 348 ms, flex 6020 ms (causal forward, N = 8192; results/perf/NOTES.md). CUDA: expected order.
     priority = {"cpu": ("gather", "flex", "masked_sdpa"), "cuda": ("xformers", "gather", "flex", "masked_sdpa")}
-    # masked 7.2 ms vs gather 7.7 ms at N = 96; 11.6 vs 9.6 at 128 (scripts/bench_small_n.py)
-    small_n_priority = {"cpu": (96, ("masked_sdpa",))}
+    # In B x H x N^2: masked faster up to 5.9e5 (B=32, H=2: 7.2 vs 7.7 ms at N = 96) and 5.2e5 (B=1, H=8, N = 256),
+    # gather from 1.05e6 (B=32, H=2, N = 128) and 2.1e6 (B=1, H=8, N = 512); results/perf/NOTES.md
+    small_n_priority = {"cpu": (1 << 20, ("masked_sdpa",))}
+    small_n_by = "scores"
     example_params = {"segment_lengths": [64, 128, 256], "dilation_rates": [1, 2, 4]}
     config_params = {"segment_lengths": [512, 1024, 2048], "dilation_rates": [1, 2, 4]}
 

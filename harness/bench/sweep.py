@@ -175,7 +175,8 @@ class SpeedRun:
             try:
                 backend = attention_impls.build(point.mechanism, point.backend, **point.params).resolve(
                     torch.device(point.device), DTYPES[point.dtype], point.causal, point.backward, point.head_dim,
-                    point.seq_len)
+                    point.seq_len, batch_heads=point.batch * point.heads,
+                    query_len=1 if point.pass_name == "decode" else point.seq_len)
                 outcome[i] = (point_hash, backend, {})
                 live.append(i)
             except RuntimeError as error:

@@ -359,7 +359,8 @@ def measure_small_n(bench: Bench, mechanism: str) -> dict[str, Any]:
         for grad in (False, True):
             q, k, v, grad_out = bench.inputs(seq_len, requires_grad=grad)
             picked = ai.build(mechanism, None, **params)
-            name = picked.resolve(q.device, q.dtype, True, grad, q.shape[-1], seq_len)
+            name = picked.resolve(q.device, q.dtype, True, grad, q.shape[-1], seq_len,
+                                  batch_heads=q.shape[0] * q.shape[2])
             masked = ai.build(mechanism, "masked_sdpa", **params)
 
             def call(attn, q=q, k=k, v=v, grad_out=grad_out, grad=grad):

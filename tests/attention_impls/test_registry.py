@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import attention_impls as ai
+from attention_impls.mechanisms import get_mechanism
 from attention_impls.registry import PRIORITY, REGISTRY, SMALL_N_PRIORITY
 
 
@@ -55,11 +56,17 @@ def test_selecting_unavailable_backend_raises_at_build_with_reason():
 
 @pytest.mark.parametrize("mechanism, params", [("sliding_window", {"window": 8}),
                                                 ("dilated", {"segment_lengths": [16, 32, 64],
-                                                             "dilation_rates": [1, 2, 4]})])
-def test_short_sequences_pick_the_masked_kernel_long_ones_the_fast_backend(mechanism, params):
+                                                             "dilation_rates": [1, 2, 4]}),
+                                                ("longformer", {"window": 8, "global_tokens": 2})])
+def test_small_calls_pick_the_masked_kernel_large_ones_the_fast_backend(mechanism, params):
+    """Small by the mechanism's own measure: N for the window, B x H x L x N for dilated and Longformer, whose
+    crossover moves with the batch and the heads."""
     up_to, first = SMALL_N_PRIORITY[(mechanism, "cpu")]
-    attn = ai.build(mechanism, **params)
-    for seq_len, expected in ((up_to, first[0]), (up_to + 32, PRIORITY[(mechanism, "cpu")][0])):
-        q = torch.randn(1, seq_len, 2, 8, requires_grad=True)
-        attn(q, q, q, causal=True).sum().backward()
-        assert attn.backend == expected, (seq_len, attn.picked)
+    rule = get_mechanism(mechanism)
+    for batch, heads in ((1, 2), (4, 4)):
+        small = max(n for n in range(16, 4096, 16) if rule.small_n_size(n, batch * heads) <= up_to)
+        attn = ai.build(mechanism, **params)
+        for seq_len, expected in ((small, first[0]), (small + 16, PRIORITY[(mechanism, "cpu")][0])):
+            q = torch.randn(batch, seq_len, heads, 8, requires_grad=True)
+            attn(q, q, q, causal=True).sum().backward()
+            assert attn.backend == expected, (batch, heads, seq_len, attn.picked)
