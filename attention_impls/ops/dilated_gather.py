@@ -25,30 +25,40 @@ class DilatedGather(AttentionBackend):
         return dilated_attention(q, k, v, self.params, branch_kernel(q), causal)
 
     def forward_call(self, q, k, v, call):
-        """A decoding step: the query attends to exactly the keys it sees (Mechanism.visible_keys), gathered per
-        head, each key once with log c added to its score where c branches score it; the cost follows those keys,
-        not the cache's length."""
-        keys = [held.unique(return_counts=True) for held in get_mechanism("dilated").visible_keys(
-            self.params, call.query_offset, call.key_length, q.shape[2], call.causal)]
-        width = max(len(held) for held, _ in keys)
-        index_HK = torch.zeros(len(keys), width, dtype=torch.long)
-        bias_HK = torch.full((len(keys), width), float("-inf"), dtype=q.dtype)
-        for head, (held, count) in enumerate(keys):
-            index_HK[head, :len(held)] = held - call.key_start  # the call may hold a slice of the cache
-            bias_HK[head, :len(held)] = count.to(q.dtype).log()
-        index_HK, bias_HK = index_HK.to(q.device), bias_HK.to(q.device)
-        rows = (index_HK * q.shape[2] + torch.arange(len(keys), device=q.device)[:, None]).flatten()
-        k_BHKD, v_BHKD = self._gather(k, rows, width, "k"), self._gather(v, rows, width, "v")
-        out_BH1D = F.scaled_dot_product_attention(q.transpose(1, 2), k_BHKD, v_BHKD, attn_mask=bias_HK[None, :, None],
-                                                  scale=self.params.scale)
-        return out_BH1D.transpose(1, 2)
+        """A decoding step: the query attends to exactly the keys it sees (Mechanism.visible_keys), each key once
+        with log c added to its score where c branches score it. Heads that see as many keys run as one kernel
+        call; nothing is padded, so the cost follows the keys seen, not the cache's length (one (H, widest head)
+        batch read 1.9x the keys at N = 65536 in the paper configuration: results/perf/NOTES.md)."""
+        heads = q.shape[2]
+        seen = [held.unique(return_counts=True) for held in get_mechanism("dilated").visible_keys(
+            self.params, call.query_offset, call.key_length, heads, call.causal)]
+        groups: dict[int, list[int]] = {}
+        for head, (held, _) in enumerate(seen):
+            groups.setdefault(len(held), []).append(head)
+        # one flat gather, group after group: key j of head h is row j * H + h of the (M * H, D) view
+        rows = torch.cat([(seen[head][0] - call.key_start) * heads + head
+                          for members in groups.values() for head in members]).to(q.device)
+        k_flat, v_flat = self._gather(k, rows, "k"), self._gather(v, rows, "v")
+        batch, dim = q.shape[0], q.shape[-1]
+        out = torch.empty(batch, 1, heads, dim, dtype=q.dtype, device=q.device)
+        first = 0
+        for width, members in groups.items():
+            size = len(members) * width
+            keys = k_flat[:, first:first + size].view(batch, len(members), width, dim)
+            values = v_flat[:, first:first + size].view(batch, len(members), width, dim)
+            counts = torch.stack([seen[head][1] for head in members])
+            bias = None if bool((counts == 1).all()) else counts.to(q.dtype).log().to(q.device)[None, :, None]
+            index = torch.tensor(members, device=q.device)
+            out[:, :, index] = F.scaled_dot_product_attention(
+                q[:, :, index].transpose(1, 2), keys, values, attn_mask=bias, scale=self.params.scale).transpose(1, 2)
+            first += size
+        return out
 
-
-    def _gather(self, x: torch.Tensor, rows: torch.Tensor, width: int, name: str) -> torch.Tensor:
-        """(B, H, width, D): rows of x's (M * H, D) view per sequence (whole rows of D: indexing x[:, index, heads]
+    def _gather(self, x: torch.Tensor, rows: torch.Tensor, name: str) -> torch.Tensor:
+        """(B, rows, D): rows of x's (M * H, D) view per sequence (whole rows of D: indexing x[:, index, heads]
         and torch.gather were 5-25x slower on CPU). Without autograd into a buffer kept across steps: two fresh
-        (H, width, D) tensors per step were page-faulted in anew each time, 10x the gather itself."""
-        batch, heads, dim = x.shape[0], x.shape[2], x.shape[-1]
+        (rows, D) tensors per step were page-faulted in anew each time, 10x the gather itself."""
+        batch, dim = x.shape[0], x.shape[-1]
         shape = (batch, rows.numel(), dim)
         if torch.is_grad_enabled() and x.requires_grad:
             out = torch.stack([x[b].reshape(-1, dim).index_select(0, rows) for b in range(batch)])
@@ -59,7 +69,7 @@ class DilatedGather(AttentionBackend):
                 out = buffers[name] = torch.empty(shape, dtype=x.dtype, device=x.device)
             for b in range(batch):
                 torch.index_select(x[b].reshape(-1, dim), 0, rows, out=out[b])
-        return out.view(batch, heads, width, dim)
+        return out
 
 
 def branch_kernel(q: torch.Tensor) -> LseKernel:
