@@ -333,7 +333,10 @@ def _contain_non_finite(mechanism, params, q, k, v, call: Call, out: torch.Tenso
         return torch.where(torch.isfinite(tensor).all(-1, keepdim=True), tensor, 0.0)
 
     clean = attend(zeroed(q), zeroed(k), zeroed(v))
-    marked = torch.where(torch.isfinite(out), torch.full_like(out, float("nan")), out)  # keep a kernel's own +-inf
+    # keep a kernel's own +-inf; detached: the first call saw the bad inputs, and its backward would spread 0 x NaN
+    # into the gradients of everything (the marked outputs are NaN, they carry no gradient)
+    stale = out.detach()
+    marked = torch.where(torch.isfinite(stale), torch.full_like(stale, float("nan")), stale)
     return torch.where(reached[..., None], marked, clean)
 
 

@@ -86,10 +86,13 @@ def main() -> None:
     except ConfigError as error:
         _fail(error)
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _stop)
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # under nohup, SIGHUP stays ignored
+            signal.signal(signum, _stop)
     try:
         _hydra_main()
     except (Stopped, KeyboardInterrupt) as stop:
+        for again in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # a second signal must not cut the line short
+            signal.signal(again, signal.SIG_IGN)
         from .run import saved_rows
 
         signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT

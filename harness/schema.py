@@ -166,6 +166,31 @@ def check_row(row: Mapping[str, Any]) -> None:
             raise ValueError(f"{kind.name} row: {column}={value!r} ({type(value).__name__}) is not {expected}")
 
 
+# The environment's columns that hold numbers (the others are text).
+ENVIRONMENT_NUMBERS = {"env_threads": INT, "env_load_avg_1m": NUMBER}
+
+
+def from_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows read back from a CSV as text (dtype=str, keep_default_na=False) with each column's schema type
+    restored: a hex config_hash of digits stays text, empty cells of numbers become NaN, booleans bool."""
+    kinds = [KINDS[name] for name in frame.get("kind", pd.Series(dtype=str)).unique() if name in KINDS]
+    types: dict[str, str] = {**BASE, **ENVIRONMENT_NUMBERS}
+    for kind in kinds:
+        types.update(kind.columns)
+    typed = frame.copy()
+    for column in typed.columns:
+        expected = types.get(column, TEXT)
+        values = typed[column]
+        if expected in (NUMBER, INT):
+            typed[column] = pd.to_numeric(values.replace("", np.nan), errors="coerce")
+        elif expected == BOOL:
+            typed[column] = values.map({"True": True, "False": False, "true": True, "false": False}).astype(object)
+            typed.loc[values == "", column] = None
+        elif column != "reason":
+            typed[column] = values.where(values != "", None)  # an empty cell was a missing value
+    return typed
+
+
 def columns(kind: str) -> tuple[str, ...]:
     """Every column a row of `kind` may hold, by the schema (the store's own first)."""
     return tuple(dict.fromkeys([*BASE, *KINDS[kind].columns]))

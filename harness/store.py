@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow
 
 from .environment import code_version
-from .schema import BASE, FINAL_STATUSES, STATUSES, check_row  # noqa: F401  (STATUSES: re-exported)
+from .schema import BASE, FINAL_STATUSES, STATUSES, check_row, from_text  # noqa: F401  (STATUSES: re-exported)
 
 # Columns every row has, whatever produced it; each kind's own are in harness/schema.py.
 BASE_COLUMNS = tuple(BASE)
@@ -160,10 +160,10 @@ class ResultsStore:
         """Move an unreadable part to parts/damaged/ and return its rows from the CSV twin, if that can be read."""
         twin = path.with_suffix(".csv")
         try:
-            rows = pd.read_csv(twin)
+            rows = pd.read_csv(twin, dtype=str, keep_default_na=False)  # no type guessing: a hash of digits
             if not {"config_hash", "status"} <= set(rows.columns):
                 raise ValueError(f"{twin.name} has no config_hash/status columns")
-            rows["reason"] = rows["reason"].fillna("") if "reason" in rows else ""  # CSV reads "" back as NaN
+            rows = from_text(rows)  # the schema's types back
         except UNREADABLE:
             rows = None
         aside = path.parent / "damaged" / path.name

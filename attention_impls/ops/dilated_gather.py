@@ -65,7 +65,8 @@ class DilatedGather(AttentionBackend):
         else:
             buffers = self.__dict__.setdefault("_decode_buffers", {})
             out = buffers.get(name)
-            if out is None or out.shape != shape or out.dtype != x.dtype or out.device != x.device:
+            if (out is None or out.shape != shape or out.dtype != x.dtype or out.device != x.device
+                    or out.is_inference() != torch.is_inference_mode_enabled()):  # an inference tensor is read-only outside
                 out = buffers[name] = torch.empty(shape, dtype=x.dtype, device=x.device)
             for b in range(batch):
                 torch.index_select(x[b].reshape(-1, dim), 0, rows, out=out[b])

@@ -404,12 +404,12 @@ def _interrupted(signum: int, frame: Any) -> None:
 
 def _rank_main(rank: int, world_size: int, store_port: int, conn: multiprocessing.connection.Connection,
                points: list[DistPoint], settings: RankSettings, device_type: str, dist_backend: str,
-               env: dict[str, Any]) -> None:
+               env: dict[str, Any], parent: int | None = None) -> None:
     """A spawned rank: join the group through the parent's store, measure `points`, send each row back."""
     import torch.distributed as dist
 
     signal.signal(signal.SIGTERM, _interrupted)
-    die_with_parent()
+    die_with_parent(parent)
     broken = True
     try:
         device = _rank_device(device_type, rank, settings.threads, world_size)
@@ -471,7 +471,7 @@ class _Group:
             receiver, sender = context.Pipe(duplex=False)
             proc = context.Process(target=_rank_main, daemon=True, name=f"shootout-rank{rank}",
                                    args=(rank, world_size, self.store.port, sender, points, settings, plan.device,
-                                         plan.dist_backend, env))
+                                         plan.dist_backend, env, os.getpid()))
             proc.start()
             sender.close()  # the child holds the only write end: EOF here means it is gone
             self.conns[receiver] = rank

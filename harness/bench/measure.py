@@ -128,7 +128,14 @@ def _load_hook(path: str) -> Callable[[Point, Any], Any]:
 
 
 def build_attention(point: Point):
-    attn = attention_impls.build(point.mechanism, point.backend, **point.params)
+    backend = point.backend
+    if backend is None:  # the backend this point's own shape gets: the gate, at its smaller shape, checks that one
+        decode = point.pass_name == "decode"
+        backend = attention_impls.build(point.mechanism, None, **point.params).resolve(
+            torch.device(point.device), DTYPES[point.dtype], point.causal, point.backward, point.head_dim,
+            point.seq_len, features=frozenset({"decode"}) if decode else frozenset(),
+            batch_heads=point.batch * point.heads, query_len=1 if decode else point.seq_len)
+    attn = attention_impls.build(point.mechanism, backend, **point.params)
     if point.fault_hook:
         attn = _load_hook(point.fault_hook)(point, attn)
     return attn

@@ -82,6 +82,9 @@ def death_status(exitcode: int | None, oom_before: tuple[str, int] | None, oom_a
         if number == signal.SIGKILL:
             return "killed", ("worker killed by SIGKILL (no OOM-kill counter readable here to tell the OOM killer from "
                               "a kill -9); measured again on resume")
+        if number == signal.SIGABRT and memory_limit_bytes is not None and _OUT_OF_MEMORY.search(last_line):
+            return "oom", (f"worker ran out of memory under benchmark.worker_memory_limit_gb="
+                           f"{memory_limit_bytes / 2**30:g} ({name}){said}")
         if number in CRASH_SIGNALS:
             return "error", f"worker crashed with {name}{said}"
         return "killed", f"worker killed by {name} from outside; measured again on resume"
@@ -91,26 +94,35 @@ def death_status(exitcode: int | None, oom_before: tuple[str, int] | None, oom_a
     return "error", f"worker died with exit code {exitcode}{said}"
 
 
-def _last_line(path: Path | None) -> str:
-    """The last non-empty line a worker wrote to its stderr (the cause a C library prints before exiting)."""
+def _stderr_size(path: Path | None) -> int:
+    try:
+        return path.stat().st_size if path is not None else 0
+    except OSError:
+        return 0
+
+
+def _last_line(path: Path | None, since: int = 0) -> str:
+    """The last non-empty line a worker wrote to its stderr after byte `since` (this point's, not an earlier
+    one's): the cause a C library prints before exiting."""
     try:
         with open(path, "rb") as log:
             log.seek(0, os.SEEK_END)
-            log.seek(max(0, log.tell() - 4096))
+            log.seek(max(since, log.tell() - 4096))
             lines = [line.strip() for line in log.read().decode(errors="replace").splitlines() if line.strip()]
     except (OSError, TypeError):
         return ""
     return lines[-1][:300] if lines else ""
 
 
-def die_with_parent() -> None:
-    """Linux: have the kernel SIGKILL this process when the process that started it dies (kill -9 included), so no
-    worker or rank outlives its run; elsewhere a no-op (the pipe's EOF still stops an idle worker)."""
+def die_with_parent(parent: int | None = None) -> None:
+    """Linux: have the kernel SIGKILL this process when the process that started it (pid `parent`, passed in by
+    that process) dies, kill -9 included, so no worker or rank outlives its run; elsewhere a no-op (the pipe's
+    EOF still stops an idle worker)."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
 
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -119,9 +131,10 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def _serve(connection, memory_limit_bytes: int | None, stderr_path: str | None = None) -> None:
+def _serve(connection, memory_limit_bytes: int | None, stderr_path: str | None = None,
+           parent: int | None = None) -> None:
     """Worker main loop: import once, optionally cap the data segment, then answer requests until told to stop."""
-    die_with_parent()
+    die_with_parent(parent)
     if stderr_path is not None:
         # fd 2 itself, so what C libraries print before they exit (libgomp, allocators) is kept for the reason
         log = os.open(stderr_path, os.O_WRONLY | os.O_APPEND)
@@ -195,9 +208,14 @@ class Worker:
         descriptor, stderr = tempfile.mkstemp(prefix="shootout-worker-", suffix=".stderr")
         os.close(descriptor)
         self._stderr = Path(stderr)
-        process = context.Process(target=_serve, args=(child_end, self.memory_limit_bytes, stderr), daemon=True,
-                                  name="shootout-worker")
-        process.start()
+        process = context.Process(target=_serve, args=(child_end, self.memory_limit_bytes, stderr, os.getpid()),
+                                  daemon=True, name="shootout-worker")
+        try:
+            process.start()
+        except BaseException:
+            self._stderr.unlink(missing_ok=True)
+            self._stderr = None
+            raise
         child_end.close()
         self._process, self._connection = process, parent_end
         self.starts += 1
@@ -228,7 +246,7 @@ class Worker:
             self.close(kill=True)
             self._start()
         assert self._connection is not None and self._process is not None
-        oom_before = oom_kill_count()
+        oom_before, stderr_at = oom_kill_count(), _stderr_size(self._stderr)
         self._connection.send((name, kwargs))
         if not self._connection.poll(timeout_s):
             self.close(kill=True)
@@ -239,7 +257,7 @@ class Worker:
         except (EOFError, ConnectionError):
             self._process.join(5)
             status, reason = death_status(self._process.exitcode, oom_before, oom_kill_count(),
-                                          _last_line(self._stderr), self.memory_limit_bytes)
+                                          _last_line(self._stderr, stderr_at), self.memory_limit_bytes)
             self.close(kill=True)
             return {"status": status, "reason": reason}
         if kind == "failed":

@@ -352,3 +352,29 @@ def test_a_window_past_any_length_is_dense_and_a_scale_that_overflows_is_refused
     assert torch.allclose(wide, ai.build("dense", "sdpa")(q, k, v, causal=True), atol=1e-5)
     with pytest.raises(ValueError, match="below 1e\\+30"):
         ai.build("sliding_window", backend, window=4)(q, k, v, scale=1e300)
+
+
+@pytest.mark.parametrize("mechanism, backend", [("sliding_window", "masked_sdpa"), ("dense", "sdpa"),
+                                                ("dilated", "gather")])
+def test_a_nan_the_loss_does_not_see_leaves_every_gradient_finite(mechanism, backend):
+    """The rows a bad value reaches are NaN; the gradients through the other rows stay finite (the first call,
+    which saw the NaN, is not in the graph)."""
+    q, k, v = (x.requires_grad_() for x in _qkv(batch=1, queries=64, keys=64, heads=2, dim=16,
+                                                 dtype=torch.float32))
+    poisoned = v.detach().clone()
+    poisoned[0, 63, 0, 0] = float("nan")
+    poisoned.requires_grad_()
+    out = ai.build(mechanism, backend, **PARAMS[mechanism])(q, k, poisoned, causal=True)
+    out[:, :32].sum().backward()  # causal: queries 0..31 never see key 63
+    assert all(torch.isfinite(t.grad).all() for t in (q, k))
+    assert torch.isfinite(poisoned.grad[:, :32]).all()
+
+
+def test_a_decoding_step_without_grad_after_one_in_inference_mode():
+    attn = ai.build("dilated", "gather", **PARAMS["dilated"])
+    q, k, v = _qkv(batch=1, queries=1, keys=32, dtype=torch.float32)
+    with torch.inference_mode():
+        first = attn(q, k, v, causal=True, query_offset=31)
+    with torch.no_grad():
+        again = attn(q, k, v, causal=True, query_offset=31)  # the kept buffers were inference tensors
+    assert torch.equal(first, again)

@@ -61,3 +61,19 @@ def test_stale_temporary_files_of_killed_writes_are_removed(tmp_path):
     os.utime(stale, (old, old))
     ResultsStore(tmp_path, "e").consolidate()
     assert not stale.exists() and fresh.exists()  # a fresh one may be another job's write in progress
+
+
+def test_a_part_rebuilt_from_its_csv_keeps_its_types(tmp_path):
+    """A hash of digits stays text (resume finds it), numbers are numbers, and the rebuilt store consolidates."""
+    store = ResultsStore(tmp_path, "e", job_id="a")
+    store.append({"kind": "speed", "status": "ok", "config_hash": "0123456789012345", "latency_median_s": 0.5,
+                  "causal": True, "env_code_version": code_version()})
+    store.append({"kind": "speed", "status": "oom", "config_hash": "abcdef0123456789", "latency_median_s": None,
+                  "causal": False, "env_code_version": code_version()})
+    (tmp_path / "e" / "parts" / "a.parquet").write_bytes(b"")
+    rows = ResultsStore(tmp_path, "e").read()
+    assert list(rows["config_hash"]) == ["0123456789012345", "abcdef0123456789"]
+    assert rows["latency_median_s"].iloc[0] == 0.5 and pd.isna(rows["latency_median_s"].iloc[1])
+    assert list(rows["causal"]) == [True, False]
+    assert ResultsStore(tmp_path, "e").done_hashes() == {"0123456789012345", "abcdef0123456789"}
+    assert len(ResultsStore(tmp_path, "e").consolidate()) == 2

@@ -85,3 +85,16 @@ def test_timing_carries_its_samples_statistics_and_method():
     assert timing.iqr_s == columns["latency_iqr_s"] > 0.1 * 3.0 and timing.noisy and columns["noisy"]
     assert columns["timing_method"] == TIMING_METHOD
     assert not Timing((1.0, 1.01, 0.99)).noisy
+
+
+def test_backend_none_is_gated_on_the_backend_its_timed_shape_gets():
+    """The gate runs at a smaller shape, where backend=None would pick masked SDPA: it must check the kernel the
+    point is timed with."""
+    from harness.bench.measure import build_attention
+
+    timed = point(mechanism="dilated", backend=None, params={"segment_lengths": [64, 128], "dilation_rates": [1, 2]},
+                  seq_len=4096, heads=8, head_dim=16)
+    assert build_attention(timed).requested_backend == "gather"
+    small = point(mechanism="dilated", backend=None, params={"segment_lengths": [64, 128], "dilation_rates": [1, 2]},
+                  seq_len=64, heads=8, head_dim=16)
+    assert build_attention(small).requested_backend == "masked_sdpa"

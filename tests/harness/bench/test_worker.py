@@ -72,3 +72,6 @@ def test_death_status_reads_the_oom_kill_counter():
                                                                             "Segmentation fault")
     assert death_status(1, None, None, "libgomp: Thread creation failed")[0] == "error"  # no memory limit set
     assert death_status(3, None, None, "")[1] == "worker died with exit code 3"
+    bad_alloc = "terminate called after throwing an instance of 'std::bad_alloc'"
+    assert death_status(-6, None, None, bad_alloc, 2**30)[0] == "oom"  # abort() after a failed allocation
+    assert death_status(-6, None, None, bad_alloc)[0] == "error"  # no limit set: a crash
