@@ -163,12 +163,21 @@ def _plain_log_labels(axis) -> None:
             lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "25" else ""))
 
 
-def _guides(ax, x: np.ndarray, anchor_y: float) -> list[dict]:
-    """Ideal O(N) and O(N^2) lines through (smallest N, anchor_y), for reading the slope of each variant."""
+# The ideal slopes drawn on a latency panel: a whole sequence costs O(N) or O(N^2); one decoding step against N
+# cached keys O(1) (the keys in a pattern's reach) or O(N) (the whole cache).
+GUIDES = {False: ((1, "O(N)", ":"), (2, "O(N²)", "--")), True: ((0, "O(1)", ":"), (1, "O(N)", "--"))}
+
+
+def _is_decode(panel: pd.DataFrame) -> bool:
+    return "pass" in panel and bool((panel["pass"] == "decode").all())
+
+
+def _guides(ax, x: np.ndarray, anchor_y: float, decode: bool = False) -> list[dict]:
+    """Ideal lines through (smallest N, anchor_y), for reading the slope of each variant (GUIDES)."""
     drawn = []
     x0 = x.min()
     xs = np.geomspace(x0, x.max(), 50)
-    for power, label, style in ((1, "O(N)", ":"), (2, "O(N²)", "--")):
+    for power, label, style in GUIDES[decode]:
         ys = anchor_y * (xs / x0) ** power
         ax.plot(xs, ys, style, color="0.55", linewidth=1.0, zorder=1)
         drawn += [dict(series=label, x=float(a), y=float(b)) for a, b in ((xs[0], ys[0]), (xs[-1], ys[-1]))]
@@ -225,8 +234,9 @@ def _scaling_plot(frame: pd.DataFrame, out_dir: Path, palette: Palette, *, name:
                 ax.set_title(panel_title, fontsize="medium")
                 if guides:
                     _label_guides(ax)
+        kinds = {_is_decode(panel) for _, panel in panels}
         _legend(figure, palette, variants_seen, statuses_seen, guides,
-                noisy=any(point.get("noisy") is True for point in drawn))
+                noisy=any(point.get("noisy") is True for point in drawn), decode=kinds)
         figure.suptitle(title + (f"\n{common}" if common else ""), fontsize="large")
     plot = Plot(name=name, title=title, caption=caption, figure=figure, data=pd.DataFrame(drawn))
     return _save(plot, out_dir)
@@ -287,8 +297,9 @@ def _draw_scaling_panel(ax, panel: pd.DataFrame, metric: _Metric, palette: Palet
         anchor = float(np.exp(np.log(ok_values.loc[ok_values["seq_len"] == smallest, metric.column]).mean()))
         y_lo, y_hi = ok_values[metric.column].min(), ok_values[metric.column].max()
         before_lines = len(ax.get_lines())
-        drawn += _guides(ax, panel["seq_len"].to_numpy(dtype=float), anchor)
-        for line, label in zip(ax.get_lines()[before_lines:], ("O(N)", "O(N²)")):
+        decode = _is_decode(panel)
+        drawn += _guides(ax, panel["seq_len"].to_numpy(dtype=float), anchor, decode)
+        for line, (_, label, _) in zip(ax.get_lines()[before_lines:], GUIDES[decode]):
             line.set_gid(label)
         # The data decides the frame; a guide that climbs out of it is cut, not allowed to squash the data.
         ax.set_ylim(y_lo / 1.6, y_hi * 1.6)
@@ -300,7 +311,7 @@ def _draw_scaling_panel(ax, panel: pd.DataFrame, metric: _Metric, palette: Palet
         heights = _spread_labels(ax, [(float(last["seq_len"]), float(last["latency_median_ms"]))
                                       for _, last in labels])
         for (variant, last), height in zip(labels, heights):
-            ax.annotate(f"{last['speedup_vs_dense']:.2g}x", (last["seq_len"], height),
+            ax.annotate(_times(last["speedup_vs_dense"]), (last["seq_len"], height),
                         xytext=(5, -2), textcoords="offset points", fontsize="small", color=palette[variant].color,
                         va="top")
             drawn.append(dict(series=variant, panel=panel_title, metric="speedup_vs_dense",
@@ -349,8 +360,13 @@ def _draw_ceiling(ax, frame: pd.DataFrame, panel: pd.DataFrame) -> list[dict]:
         for x, y in zip(above["seq_len"], above["useful_gflops_per_s"])]
 
 
+def _times(ratio: float) -> str:
+    """A speed-up as a reader says it: 108x, 8x, 4.4x, 0.41x (never 1.1e+02x)."""
+    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.2g}x"
+
+
 def _legend(figure: Figure, palette: Palette, variants: list[str], statuses: set[str], guides: bool,
-            noisy: bool = False) -> None:
+            noisy: bool = False, decode: set[bool] = frozenset({False})) -> None:
     handles, labels = [], []
     for variant in palette.sorted(variants):
         style = palette[variant]
@@ -365,7 +381,12 @@ def _legend(figure: Figure, palette: Palette, variants: list[str], statuses: set
         labels.append("hollow: noisy point (IQR > 10 % of median)")
     if guides:
         handles += [Line2D([], [], color="0.55", linestyle=":"), Line2D([], [], color="0.55", linestyle="--")]
-        labels += ["ideal O(N)", "ideal O(N²)"]
+        if decode == {True}:
+            labels += ["ideal O(1) per step", "ideal O(N) per step"]
+        elif decode == {False}:
+            labels += ["ideal O(N)", "ideal O(N²)"]
+        else:
+            labels += ["ideal O(N) (a decoding step: O(1))", "ideal O(N²) (a decoding step: O(N))"]
     # One row only when the labels are short: four variant names side by side overflow a figure's width.
     one_row = len(labels) <= 4 and sum(len(label) for label in labels) <= 80
     figure.legend(handles, labels, loc="outside lower center", ncols=len(labels) if one_row else 2,
@@ -380,7 +401,7 @@ def plot_latency(frame: pd.DataFrame, out_dir: Path, palette: Palette) -> Plot:
         caption="Median over repeats, shaded the interquartile range of the raw samples; a hollow marker is a "
                 "noisy point (IQR above 10 % of its median). A marker without a line is a point that failed "
                 "(see legend), drawn at the height where its variant's line stopped. Grey lines: ideal O(N) and "
-                "O(N²) through the smallest N. 'x' labels: speed-up over the fastest dense backend at the largest "
+                "O(N²) through the smallest N (a decoding step: O(1) and O(N)). 'x' labels: speed-up over the fastest dense backend at the largest "
                 "N both measured.")
 
 

@@ -225,3 +225,14 @@ def test_max_seq_len_plot_names_what_limited_each_search(rendered):
     assert list(data["limited_by"]) == ["latency_budget", "oom", "limit"] or set(data["limited_by"]) == {
         "latency_budget", "oom", "limit"}
     assert int(data.loc[data["limited_by"] == "limit", "max_seq_len"].iloc[0]) == 1048576
+
+
+def test_speedup_labels_read_as_people_say_them_and_decode_panels_get_their_own_slopes():
+    import pandas as pd
+
+    from harness.report.plots import GUIDES, _is_decode, _times
+
+    assert [_times(r) for r in (107.8, 8.02, 4.4, 0.413)] == ["108x", "8x", "4.4x", "0.41x"]
+    assert _is_decode(pd.DataFrame({"pass": ["decode", "decode"]}))
+    assert not _is_decode(pd.DataFrame({"pass": ["decode", "forward"]}))
+    assert [label for _, label, _ in GUIDES[True]] == ["O(1)", "O(N)"]
