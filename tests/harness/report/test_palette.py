@@ -57,4 +57,3 @@ def test_blocked_head_offsets_are_named_and_the_default_is_not():
         "dilated", "gather", rates) == "dilated w=[8,16] r=[1,2] (gather)"
     assert variant_label("dilated", "gather", {**rates, "head_offsets": "blocked"}) == (
         "dilated w=[8,16] r=[1,2] head_offsets=blocked (gather)")
-
