@@ -173,6 +173,8 @@ class WandbLogger:
         if self.run is not None and self._in_sweep():
             return  # the sweep agent's run carries every job of this point
         self._curves, self._experiment = set(), experiment
+        if os.environ.get("WANDB_MODE") == "":  # set but empty: wandb's settings refuse it and init fails
+            del os.environ["WANDB_MODE"]
         mode = self._resolve_mode()
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)

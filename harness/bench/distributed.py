@@ -56,7 +56,7 @@ from .. import environment
 from ..config import ConfigError
 from ..store import ResultsStore, config_hash
 from .measure import DTYPES, Timing, _sync, peak_memory_bytes
-from .worker import death_status, die_with_parent, oom_kill_count
+from .worker import death_status, die_with_parent, oom_kill_count, signal_name
 from .plan import (check_benchmark, check_device, check_hook, check_positive, check_seconds, check_seq_lens,
                    check_shapes, grid, point_columns, read_variants)
 
@@ -443,10 +443,7 @@ def _describe_exit(code: int | None) -> str:
     if code is None:
         return "still running"
     if code < 0:
-        try:
-            return f"killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
+        return f"killed by signal {signal_name(-code)}"
     return f"exit code {code}"
 
 

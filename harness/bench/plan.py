@@ -22,6 +22,7 @@ from attention_impls.mechanisms import get_mechanism
 from attention_impls.registry import get_backend_class
 
 from ..config import ConfigError
+from ..retrieval.config import MAX_COUNT, MAX_SECONDS
 from .measure import DTYPES, PASSES
 
 
@@ -59,10 +60,6 @@ def read_variants(cfg: DictConfig) -> list[Variant]:
     return variants
 
 
-# A count above this (heads, a length, repeats) is a typo, and past what torch's thread and shape arguments take.
-MAX_COUNT = 2**31 - 1
-# A time budget beyond a week is a typo, and past what the worker's pipe poll and the timers accept.
-MAX_SECONDS = 7 * 24 * 3600.0
 
 
 def check_positive(name: str, value: Any, minimum: float = 1, maximum: float = MAX_COUNT) -> None:

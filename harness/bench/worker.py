@@ -58,11 +58,12 @@ def oom_kill_count() -> tuple[str, int] | None:
     return None
 
 
-def _signal_name(number: int) -> str:
+def signal_name(number: int) -> str:
+    """SIGKILL, SIGTERM, ... (or the number, for a signal without a name)."""
     try:
         return signal.Signals(number).name
     except ValueError:
-        return f"signal {number}"
+        return str(number)
 
 
 def death_status(exitcode: int | None, oom_before: tuple[str, int] | None, oom_after: tuple[str, int] | None,
@@ -71,7 +72,7 @@ def death_status(exitcode: int | None, oom_before: tuple[str, int] | None, oom_a
     said = f": {last_line}" if last_line else ""
     if exitcode is not None and exitcode < 0:
         number = -exitcode
-        name = _signal_name(number)
+        name = signal_name(number)
         if number == signal.SIGKILL and oom_before is not None and oom_after is not None:
             where, before = oom_before
             if oom_after[1] > before:

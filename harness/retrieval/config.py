@@ -32,12 +32,16 @@ def _require(condition: bool, message: str) -> None:
         raise RetrievalConfigError(message)
 
 
-MAX_INT = 2**31 - 1  # past this a count is a typo, and past what torch's shape and seed arguments take
+# The bounds every config value shares (the runner's checks import them): a count above MAX_COUNT (heads, a length,
+# repeats, a seed) is a typo and past what torch's shape, thread and seed arguments take; a time budget beyond a
+# week is a typo and past what the worker's pipe poll and the timers accept.
+MAX_COUNT = 2**31 - 1
+MAX_SECONDS = 7 * 24 * 3600.0
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    _require(isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= MAX_INT,
-             f"{name}={value!r} must be an int in [{minimum}, {MAX_INT}]")
+    _require(isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= MAX_COUNT,
+             f"{name}={value!r} must be an int in [{minimum}, {MAX_COUNT}]")
 
 
 def _finite(value: Any) -> bool:
@@ -230,8 +234,9 @@ class TrainConfig:
         _positive_int("train.warmup_steps", self.warmup_steps, 0)
         _positive_int("train.seed", self.seed, 0)
         _positive_int("train.seeds", self.seeds)
-        _require(_finite(self.max_seconds) and 0 < self.max_seconds <= 7 * 24 * 3600,
-                 f"train.max_seconds={self.max_seconds} must be a finite number of seconds in (0, 604800] (a week)")
+        _require(_finite(self.max_seconds) and 0 < self.max_seconds <= MAX_SECONDS,
+                 f"train.max_seconds={self.max_seconds} must be a finite number of seconds in (0, {MAX_SECONDS:g}] "
+                 f"(a week)")
         _require(isinstance(self.lrs, (list, tuple)) and len(self.lrs) > 0,
                  f"train.lrs={self.lrs!r} must list at least one learning rate, e.g. [1e-3, 3e-3, 1e-2]")
         for i, lr in enumerate(self.lrs):

@@ -132,3 +132,11 @@ def test_an_api_key_without_a_reachable_server_logs_offline_at_once(offline, mon
         logger.start({"seed": 0}, "e", "speed", "e/speed")
     assert logger._offline and time.monotonic() - started < 30
     logger.finish()
+
+
+def test_an_empty_wandb_mode_is_treated_as_unset(offline, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "")
+    logger = WandbLogger(dir=offline, mode="offline")
+    logger.start({"seed": 0}, "e", "speed", "e/speed")
+    assert logger.run is not None
+    logger.finish()
