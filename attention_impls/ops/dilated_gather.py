@@ -1,11 +1,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..dilated_merge import dilated_attention
-from ..mechanisms import get_mechanism
-from ..kernels import CpuFlashKernel, CudaFlashKernel, LseKernel, MathKernel
+from ..kernels import CpuFlashKernel, CudaFlashKernel, LseKernel, MathKernel, default_scale
 from ..registry import AttentionBackend, register
 from ._optional import cuda_flash_unavailable_reason, cuda_flash_unsupported
 
@@ -19,58 +17,55 @@ class DilatedGather(AttentionBackend):
     name = "gather"
     description = "gather branches, fused kernel with log-sum-exp (torch's flash on CPU and CUDA), merge by LSE"
     dtypes = frozenset({torch.float64, torch.float32, torch.float16, torch.bfloat16})
-    supports = frozenset({"decode"})  # a per-call scale: Attention rescales q
+    supports = frozenset({"decode", "grouped_heads"})  # a per-call scale: Attention rescales q
 
     def forward(self, q, k, v, causal):
         return dilated_attention(q, k, v, self.params, branch_kernel(q), causal)
 
     def forward_call(self, q, k, v, call):
-        """A decoding step: the query attends to exactly the keys it sees (Mechanism.visible_keys), each key once
-        with log c added to its score where c branches score it. Heads that see as many keys run as one kernel
-        call; nothing is padded, so the cost follows the keys seen, not the cache's length (one (H, widest head)
-        batch read 1.9x the keys at N = 65536 in the paper configuration: results/perf/NOTES.md)."""
-        heads = q.shape[2]
-        seen = [held.unique(return_counts=True) for held in get_mechanism("dilated").visible_keys(
-            self.params, call.query_offset, call.key_length, heads, call.causal)]
-        groups: dict[int, list[int]] = {}
-        for head, (held, _) in enumerate(seen):
-            groups.setdefault(len(held), []).append(head)
-        # one flat gather, group after group: key j of head h is row j * H + h of the (M * H, D) view
-        rows = torch.cat([(seen[head][0] - call.key_start) * heads + head
-                          for members in groups.values() for head in members]).to(q.device)
-        k_flat, v_flat = self._gather(k, rows, "k"), self._gather(v, rows, "v")
-        batch, dim = q.shape[0], q.shape[-1]
-        out = torch.empty(batch, 1, heads, dim, dtype=q.dtype, device=q.device)
-        first = 0
-        for width, members in groups.items():
-            size = len(members) * width
-            keys = k_flat[:, first:first + size].view(batch, len(members), width, dim)
-            values = v_flat[:, first:first + size].view(batch, len(members), width, dim)
-            counts = torch.stack([seen[head][1] for head in members])
-            bias = None if bool((counts == 1).all()) else counts.to(q.dtype).log().to(q.device)[None, :, None]
-            index = torch.tensor(members, device=q.device)
-            out[:, :, index] = F.scaled_dot_product_attention(
-                q[:, :, index].transpose(1, 2), keys, values, attn_mask=bias, scale=self.params.scale).transpose(1, 2)
-            first += size
-        return out
-
-    def _gather(self, x: torch.Tensor, rows: torch.Tensor, name: str) -> torch.Tensor:
-        """(B, rows, D): rows of x's (M * H, D) view per sequence (whole rows of D: indexing x[:, index, heads]
-        and torch.gather were 5-25x slower on CPU). Without autograd into a buffer kept across steps: two fresh
-        (rows, D) tensors per step were page-faulted in anew each time, 10x the gather itself."""
-        batch, dim = x.shape[0], x.shape[-1]
-        shape = (batch, rows.numel(), dim)
-        if torch.is_grad_enabled() and x.requires_grad:
-            out = torch.stack([x[b].reshape(-1, dim).index_select(0, rows) for b in range(batch)])
-        else:
-            buffers = self.__dict__.setdefault("_decode_buffers", {})
-            out = buffers.get(name)
-            if (out is None or out.shape != shape or out.dtype != x.dtype or out.device != x.device
-                    or out.is_inference() != torch.is_inference_mode_enabled()):  # an inference tensor is read-only outside
-                out = buffers[name] = torch.empty(shape, dtype=x.dtype, device=x.device)
-            for b in range(batch):
-                torch.index_select(x[b].reshape(-1, dim), 0, rows, out=out[b])
-        return out
+        """A decoding step: in each branch the query's segment and residue pick the heads that take part and the
+        keys they see, a strided slice of the cache (every r-th row from the segment's start), which the kernel
+        reads in place; the branches' (out, lse) merge by log-sum-exp, so a key scored by c branches counts c
+        times, as in the whole-sequence call. One kernel call per branch, nothing gathered or padded: the cost
+        follows the keys seen, not the cache's length (results/perf/NOTES.md). Grouped KV heads are read in place
+        where a branch's heads share their KV heads' stride, else only the seen rows are copied."""
+        if "decode" not in call.features:  # grouped heads in a whole-sequence call: the kernels want every head
+            group = q.shape[2] // call.kv_heads
+            return self.forward(q, k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2), call.causal)
+        batch, _, heads, dim = q.shape
+        group, scale = heads // k.shape[2], default_scale(dim, self.params.scale)
+        # under autograd plain PyTorch (the fused CPU kernel has no gradient for its lse, which the merge needs)
+        differentiable = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+        kernel = MathKernel() if differentiable else branch_kernel(q)
+        position, key_length, params = call.query_offset, call.key_length, self.params
+        parts = []
+        for segment, rate in params.branches(key_length):
+            start = position // segment * segment
+            residue = (position - start) % rate
+            if residue not in params.offsets(rate, heads):
+                continue  # no head has this offset (H < r): no head takes part here
+            end = min(start + segment, key_length, position + 1 if call.causal else key_length)
+            if start + residue >= end:
+                continue
+            taking = params.heads_with_offset(residue, rate, heads)
+            kv = range(heads)[taking]
+            rows = slice(start + residue - call.key_start, end - call.key_start, rate)
+            if group == 1:
+                keys, values = k[:, rows, taking], v[:, rows, taking]
+            else:
+                index = torch.tensor([head // group for head in kv], device=k.device)
+                keys, values = k[:, rows].index_select(2, index), v[:, rows].index_select(2, index)
+            parts.append((taking, *kernel.forward(q[:, :, taking], keys, values, False, scale)))
+        compute = torch.promote_types(q.dtype, torch.float32)
+        outs = torch.zeros(len(parts), batch, heads, dim, dtype=compute, device=q.device)
+        lses = torch.full((len(parts), batch, heads), float("-inf"), dtype=compute, device=q.device)
+        for index, (taking, out, lse) in enumerate(parts):
+            outs[index, :, taking] = out[:, 0].to(compute)
+            lses[index, :, taking] = lse[..., 0].to(compute)
+        total = torch.logsumexp(lses, dim=0)
+        # a head no branch reaches here (no rate-1 branch) outputs 0, as the spec's row with no visible key
+        weights = torch.where(torch.isneginf(total), 0.0, (lses - total).exp())
+        return (weights[..., None] * outs).sum(0)[:, None].to(q.dtype)
 
 
 def branch_kernel(q: torch.Tensor) -> LseKernel:

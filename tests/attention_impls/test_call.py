@@ -255,8 +255,9 @@ def dilated_decode_steps(draw):
 @given(dilated_decode_steps())
 @settings(max_examples=80, deadline=None)
 def test_dilated_decoding_gathers_exactly_the_keys_it_sees(case):
-    """A decoding step through `gather` (Dilated.visible_keys, each key as often as branches score it) equals the
-    reference's row, outputs and gradients in float64, at any position, with scale and grouped heads."""
+    """A decoding step through `gather` (each branch's strided slice of the cache, merged by log-sum-exp) equals
+    the reference's row, outputs and gradients in float64, at any position, with scale and grouped heads, with
+    autograd (plain PyTorch) and without (the fused kernel), float32 too."""
     params, heads, kv_heads, keys, options, seed = case
     q, k, v = (x.requires_grad_() for x in _qkv(2, 1, keys, heads, kv_heads, seed=seed))
     try:
@@ -267,6 +268,10 @@ def test_dilated_decoding_gathers_exactly_the_keys_it_sees(case):
         return
     expected = ai.build("dilated", "reference", **params)(q, k, v, **options)
     assert attn.backend == "gather" and torch.allclose(out, expected, atol=1e-10)
+    with torch.no_grad():  # without autograd the fused kernel reads the cache's strided rows in place
+        assert torch.allclose(attn(q, k, v, **options), expected, atol=1e-10)
+        fast = attn(*(x.float() for x in (q, k, v)), **options)
+    assert torch.allclose(fast.double(), expected, atol=1e-5)
     grad_out = torch.randn_like(out)
     assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(torch.autograd.grad(out, (q, k, v), grad_out),
                                                                  torch.autograd.grad(expected, (q, k, v), grad_out)))
