@@ -27,8 +27,8 @@ class DilatedGather(AttentionBackend):
         keys they see, a strided slice of the cache (every r-th row from the segment's start), which the kernel
         reads in place; the branches' (out, lse) merge by log-sum-exp, so a key scored by c branches counts c
         times, as in the whole-sequence call. One kernel call per branch, nothing gathered or padded: the cost
-        follows the keys seen, not the cache's length (results/perf/NOTES.md). Grouped KV heads are read in place
-        where a branch's heads share their KV heads' stride, else only the seen rows are copied."""
+        follows the keys seen, not the cache's length (results/perf/NOTES.md). With grouped KV heads only the seen
+        rows of the branch's KV heads are copied, never the whole cache."""
         if "decode" not in call.features:  # grouped heads in a whole-sequence call: the kernels want every head
             group = q.shape[2] // call.kv_heads
             return self.forward(q, k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2), call.causal)
@@ -48,12 +48,11 @@ class DilatedGather(AttentionBackend):
             if start + residue >= end:
                 continue
             taking = params.heads_with_offset(residue, rate, heads)
-            kv = range(heads)[taking]
             rows = slice(start + residue - call.key_start, end - call.key_start, rate)
             if group == 1:
                 keys, values = k[:, rows, taking], v[:, rows, taking]
             else:
-                index = torch.tensor([head // group for head in kv], device=k.device)
+                index = torch.tensor([head // group for head in range(heads)[taking]], device=k.device)
                 keys, values = k[:, rows].index_select(2, index), v[:, rows].index_select(2, index)
             parts.append((taking, *kernel.forward(q[:, :, taking], keys, values, False, scale)))
         compute = torch.promote_types(q.dtype, torch.float32)

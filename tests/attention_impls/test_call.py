@@ -375,6 +375,23 @@ def test_a_nan_the_loss_does_not_see_leaves_every_gradient_finite(mechanism, bac
     assert torch.isfinite(poisoned.grad[:, :32]).all()
 
 
+def test_a_grouped_heads_decoding_step_never_copies_the_whole_cache(monkeypatch):
+    """Grouped KV heads (Llama, Mistral): each branch copies only the rows it sees of its KV heads; expanding the
+    cache to every query head would copy all N rows at every step."""
+    params = {"segment_lengths": [8, 16], "dilation_rates": [1, 2]}
+    q, k, v = _qkv(batch=1, queries=1, keys=64, heads=8, kv_heads=2)
+    expected = ai.build("dilated", "reference", **params)(q, k, v, causal=True, query_offset=63)
+    attn = ai.build("dilated", "gather", **params)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the cache was expanded to every query head")
+
+    monkeypatch.setattr(torch.Tensor, "repeat_interleave", refuse)
+    with torch.no_grad():
+        out = attn(q, k, v, causal=True, query_offset=63)
+    assert attn.backend == "gather" and torch.allclose(out, expected, atol=1e-12)
+
+
 def test_a_decoding_step_without_grad_after_one_in_inference_mode():
     attn = ai.build("dilated", "gather", **PARAMS["dilated"])
     q, k, v = _qkv(batch=1, queries=1, keys=32, dtype=torch.float32)
