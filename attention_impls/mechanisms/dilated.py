@@ -224,19 +224,30 @@ class Dilated(Mechanism):
         return low, min(high, last_query + 1) if causal else high
 
     def visible_keys(self, params, query_position, key_length, num_heads, causal):
-        # in each branch the query takes part for the heads whose offset is its own residue; those heads see its
-        # segment's keys of that residue (up to the query when causal)
-        position, heads = query_position, []
+        heads = []
         for head in range(num_heads):
-            keys = []
-            for segment, rate in params.branches(key_length):
-                start = position // segment * segment
-                if (position - start) % rate != params.offset(head, rate, num_heads):
-                    continue
-                end = min(start + segment, key_length, position + 1 if causal else key_length)
-                keys.append(torch.arange(start + (position - start) % rate, end, rate))
+            keys = [torch.arange(seen.start, seen.stop, seen.step)
+                    for taking, seen in self.visible_branches(params, query_position, key_length, num_heads, causal)
+                    if head in range(num_heads)[taking]]
             heads.append(torch.cat(keys) if keys else torch.zeros(0, dtype=torch.long))
         return heads
+
+    def visible_branches(self, params: DilatedParams, query_position: int, key_length: int, num_heads: int,
+                         causal: bool) -> list[tuple[slice, range]]:
+        """Per branch in which the query takes part: (the heads that take part, the key positions they see).
+        In each branch the query takes part for the heads whose offset is its own residue; those heads see its
+        segment's keys of that residue (up to the query when causal), every r-th position: one strided slice of
+        a cache, which is how a decoding step reads them."""
+        position, seen = query_position, []
+        for segment, rate in params.branches(key_length):
+            start = position // segment * segment
+            residue = (position - start) % rate
+            if residue not in params.offsets(rate, num_heads):
+                continue  # no head has this offset (H < r)
+            end = min(start + segment, key_length, position + 1 if causal else key_length)
+            if start + residue < end:
+                seen.append((params.heads_with_offset(residue, rate, num_heads), range(start + residue, end, rate)))
+        return seen
 
     def picture_size(self, params: DilatedParams, num_heads):
         # cyclic: heads h and h + lcm(r) see the same keys; blocked: every head may differ

@@ -3,6 +3,7 @@ from __future__ import annotations
 import torch
 
 from ..dilated_merge import dilated_attention
+from ..mechanisms import get_mechanism
 from ..kernels import CpuFlashKernel, CudaFlashKernel, LseKernel, MathKernel, default_scale
 from ..registry import AttentionBackend, register
 from ._optional import cuda_flash_unavailable_reason, cuda_flash_unsupported
@@ -24,9 +25,9 @@ class DilatedGather(AttentionBackend):
 
     def forward_call(self, q, k, v, call):
         """A decoding step: in each branch the query's segment and residue pick the heads that take part and the
-        keys they see, a strided slice of the cache (every r-th row from the segment's start), which the kernel
-        reads in place; the branches' (out, lse) merge by log-sum-exp, so a key scored by c branches counts c
-        times, as in the whole-sequence call. One kernel call per branch, nothing gathered or padded: the cost
+        keys they see (`Dilated.visible_branches`), a strided slice of the cache, which the kernel reads in place;
+        the branches' (out, lse) merge by log-sum-exp, so a key scored by c branches counts c times, as in the
+        whole-sequence call. One kernel call per branch, nothing gathered or padded: the cost
         follows the keys seen, not the cache's length (results/perf/NOTES.md). With grouped KV heads only the seen
         rows of the branch's KV heads are copied, never the whole cache."""
         if "decode" not in call.features:  # grouped heads in a whole-sequence call: the kernels want every head
@@ -37,18 +38,10 @@ class DilatedGather(AttentionBackend):
         # under autograd plain PyTorch (the fused CPU kernel has no gradient for its lse, which the merge needs)
         differentiable = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
         kernel = MathKernel() if differentiable else branch_kernel(q)
-        position, key_length, params = call.query_offset, call.key_length, self.params
         parts = []
-        for segment, rate in params.branches(key_length):
-            start = position // segment * segment
-            residue = (position - start) % rate
-            if residue not in params.offsets(rate, heads):
-                continue  # no head has this offset (H < r): no head takes part here
-            end = min(start + segment, key_length, position + 1 if call.causal else key_length)
-            if start + residue >= end:
-                continue
-            taking = params.heads_with_offset(residue, rate, heads)
-            rows = slice(start + residue - call.key_start, end - call.key_start, rate)
+        for taking, seen in get_mechanism("dilated").visible_branches(self.params, call.query_offset, call.key_length,
+                                                                      heads, call.causal):
+            rows = slice(seen.start - call.key_start, seen.stop - call.key_start, seen.step)
             if group == 1:
                 keys, values = k[:, rows, taking], v[:, rows, taking]
             else:
